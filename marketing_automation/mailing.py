@@ -1,0 +1,416 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The email pipeline of marketing activities, free of the database.
+
+The templates of an activity are compiled once per batch and language::
+
+    templates = compile_templates(title, template)
+
+and each recipient costs one Genshi rendering::
+
+    rendered = render(templates, context)
+
+The HTML of ``rendered`` holds no real URL yet: every rewritten ``<a href>``
+and the open-tracking image carry a placeholder, and ``rendered.links`` says
+what each stands for, in placeholder order:
+
+- ``Link(CLICK, url)``: a tracked link that redirects to ``url``;
+- ``Link(UNSUBSCRIBE, next)``: the unsubscribe URL, with the ``next`` of
+  ``unsubscribe|NEXT`` or None;
+- ``Link(OPEN, None)``: the 1×1 image that records an open.
+
+So the engine renders a whole batch, creates the short links of all its
+recipients together, and then puts each URL in place with one string
+substitution::
+
+    html = fill(rendered.html, urls)  # urls[i] stands for rendered.links[i]
+    message = build_message(
+        sender, recipient, rendered.subject, html, html_to_text(html),
+        message_id=..., unsubscribe=..., language=...)
+
+``unsubscribe_url`` signs the ``next`` URL it carries and ``checked_next``
+follows only a ``next`` this server signed, so the route is no open redirect.
+``new_token`` gives tracked links identifiers that cannot be guessed from one
+another, and ``is_token`` and ``is_uuid`` let the routes turn garbage away
+before they touch the database.
+"""
+
+import base64
+import hashlib
+import hmac
+import html as html_escaping
+import re
+import secrets
+from collections import namedtuple
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from functools import partial
+from io import StringIO
+from itertools import chain
+from urllib.parse import urlencode, urlsplit
+
+import lxml.html
+from genshi.core import DOCTYPE, END, START, Attrs, QName, Stream
+from genshi.input import HTMLParser, ParseError
+from genshi.template import MarkupTemplate, NewTextTemplate
+from genshi.template import TemplateError as GenshiTemplateError
+
+try:
+    import html2text
+except ImportError:
+    html2text = None
+# MJML compilers: mrml (trytond's "mjml" extra) or mjml-python
+try:
+    import mrml
+except ImportError:
+    mrml = None
+try:
+    from mjml import mjml2html
+except ImportError:
+    mjml2html = None
+
+__all__ = [
+    'TemplateError', 'RenderError', 'Templates', 'Rendered', 'Link',
+    'CLICK', 'UNSUBSCRIBE', 'OPEN',
+    'compile_templates', 'check_title', 'check_body', 'render', 'fill',
+    'html_to_text', 'format_recipient', 'message_id', 'build_message',
+    'sign', 'verify', 'unsubscribe_url', 'checked_next',
+    'new_token', 'is_token', 'is_uuid', 'sparkline']
+
+CLICK, UNSUBSCRIBE, OPEN = 'click', 'unsubscribe', 'open'
+
+Templates = namedtuple('Templates', ['title', 'body'])
+Rendered = namedtuple('Rendered', ['subject', 'html', 'links'])
+Link = namedtuple('Link', ['kind', 'url'])
+
+
+class TemplateError(ValueError):
+    "The title or the body cannot be compiled into a template"
+
+
+class RenderError(Exception):
+    "A template failed while rendering for one recipient"
+
+
+# A body that is not a whole document is wrapped in an element that Genshi
+# strips, so fragments with several roots or bare text work and may use py:
+# directives without declaring the namespace.  The wrapper sits on the first
+# line of the source so error line numbers stay right.
+_FRAGMENT = (
+    '<div xmlns="http://www.w3.org/1999/xhtml" '
+    'xmlns:py="http://genshi.edgewall.org/" py:strip="">%s</div>')
+_DOCUMENT_START = re.compile(r'\s*<(\?xml|!doctype|html)', re.IGNORECASE)
+
+
+def compile_title(source):
+    "Return the Genshi text template of an email title"
+    return _compile(NewTextTemplate, source)
+
+
+def compile_body(source):
+    "Return the Genshi markup template of an email body (XHTML or MJML)"
+    if source.lstrip().startswith('<mjml'):
+        # MJML gives HTML, not XML: parse it as HTML and keep its doctype
+        html = _mjml_to_html(source)
+        source = Stream(chain(
+                [(DOCTYPE, ('html', None, None), (None, 1, 0))],
+                HTMLParser(StringIO(html))))
+    elif not _DOCUMENT_START.match(source):
+        source = _FRAGMENT % source
+    return _compile(MarkupTemplate, source)
+
+
+def _compile(template_class, source):
+    try:
+        return template_class(source)
+    except (GenshiTemplateError, ParseError) as exception:
+        # drop the position of a Python error inside its expression
+        message = re.sub(r' \([^()]*, line \d+\)$', '', str(exception.msg))
+        if 'line' not in message and exception.lineno > 0:
+            message += f" (line {exception.lineno})"
+        raise TemplateError(message) from exception
+    except ValueError as exception:
+        # refused by the sandbox trytond puts around Genshi expressions
+        raise TemplateError(str(exception)) from exception
+
+
+def _mjml_to_html(source):
+    if not mrml and not mjml2html:
+        raise TemplateError(
+            "The template is MJML but no MJML compiler is installed "
+            "(pip install mrml, or pip install mjml-python).")
+    try:
+        if mrml:
+            return mrml.to_html(source).content
+        return mjml2html(source)
+    except Exception as exception:
+        raise TemplateError(f"MJML: {exception}") from exception
+
+
+def compile_templates(title_source, body_source):
+    "Return the Templates of an email, each source parsed once"
+    return Templates(compile_title(title_source), compile_body(body_source))
+
+
+def check_title(source):
+    "Raise TemplateError when the title is not a valid template"
+    compile_title(source)
+
+
+def check_body(source):
+    "Raise TemplateError when the body is not a valid template"
+    compile_body(source)
+
+
+# A random part makes the placeholders impossible to type into a record
+_PLACEHOLDER = 'marketing-automation-link-%s-' % secrets.token_hex(8)
+_PLACEHOLDER_RE = re.compile(re.escape(_PLACEHOLDER) + r'(\d+)')
+_UNTRACKED_SCHEMES = {'mailto', 'tel', 'sms'}
+
+
+def render(templates, context):
+    """Return the Rendered subject and HTML for one recipient
+
+    Raise RenderError when the templates fail with this context."""
+    links = {}
+    try:
+        subject = templates.title.generate(**context).render(
+            'text', encoding=None)
+        stream = templates.body.generate(**context) | partial(
+            _track, links)
+        html = stream.render('html', encoding=None)
+    except Exception as exception:
+        raise RenderError(
+            f"{type(exception).__name__}: {exception}") from exception
+    return Rendered(' '.join(subject.split()), html, tuple(links))
+
+
+def _placeholder(links, kind, url):
+    index = links.setdefault(Link(kind, url), len(links))
+    return f'{_PLACEHOLDER}{index}'
+
+
+def _link(links, href):
+    "Return the placeholder for href or None to leave it as it is"
+    href = href.strip()
+    if href == UNSUBSCRIBE or href.startswith(UNSUBSCRIBE + '|'):
+        next_ = href[len(UNSUBSCRIBE) + 1:].strip() or None
+        return _placeholder(links, UNSUBSCRIBE, next_)
+    if not href or href.startswith('#'):
+        return None
+    if urlsplit(href).scheme.lower() in _UNTRACKED_SCHEMES:
+        return None
+    return _placeholder(links, CLICK, href)
+
+
+def _pixel(links, pos):
+    src = _placeholder(links, OPEN, None)
+    attrs = Attrs([
+            (QName('src'), src),
+            (QName('width'), '1'),
+            (QName('height'), '1'),
+            (QName('alt'), ''),
+            (QName('style'), 'display:block;border:0'),
+            ])
+    yield START, (QName('img'), attrs), pos
+    yield END, QName('img'), pos
+
+
+def _track(links, stream):
+    "Rewrite the links of the stream and add the open-tracking image"
+    pixel_added = False
+    pos = (None, -1, -1)
+    for kind, data, pos in stream:
+        if kind is START and data[0].localname == 'a':
+            tag, attrs = data
+            href = attrs.get('href')
+            if href is not None and (url := _link(links, href)):
+                data = tag, attrs | [(QName('href'), url)]
+        elif (kind is END and data.localname == 'body'
+                and not pixel_added):
+            yield from _pixel(links, pos)
+            pixel_added = True
+        yield kind, data, pos
+    if not pixel_added:
+        yield from _pixel(links, pos)
+
+
+def fill(html, urls):
+    "Replace the placeholders of html by urls, in the order of the links"
+    return _PLACEHOLDER_RE.sub(
+        lambda match: html_escaping.escape(urls[int(match.group(1))]), html)
+
+
+_BLOCKS = {
+    'address', 'blockquote', 'br', 'div', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6',
+    'hr', 'li', 'p', 'pre', 'table', 'tr'}
+
+
+def html_to_text(html):
+    "Return the plain-text version of an email's HTML"
+    if html2text:
+        converter = html2text.HTML2Text()
+        converter.body_width = 0
+        converter.unicode_snob = True
+        converter.images_to_alt = True
+        converter.ignore_tables = True
+        return converter.handle(html).strip() + '\n'
+    return _lxml_to_text(html)
+
+
+def _lxml_to_text(html):
+    document = lxml.html.document_fromstring(html)
+    for element in document.xpath('//head|//script|//style|//img'):
+        element.drop_tree()
+    for element in document.iter():
+        if element.tag == 'a':
+            href = element.get('href')
+            if href and href != element.text_content().strip():
+                element.tail = f' ({href})' + (element.tail or '')
+        elif element.tag in _BLOCKS:
+            element.tail = '\n' + (element.tail or '')
+    lines = (' '.join(line.split())
+        for line in document.text_content().splitlines())
+    return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines)).strip() + '\n'
+
+
+def _idna(domain):
+    try:
+        return domain.encode('idna').decode('ascii')
+    except UnicodeError as exception:
+        raise ValueError(f"Invalid domain: {domain!r}") from exception
+
+
+def format_recipient(name, address):
+    "Return 'name <address>' with the domain of address encoded in IDNA"
+    username, _, domain = address.strip().rpartition('@')
+    if not username or not domain:
+        raise ValueError(f"Invalid email address: {address!r}")
+    # the message encodes a non-ASCII name when it is sent
+    return str(Address(name or '', username, _idna(domain)))
+
+
+def message_id(token, domain):
+    "Return a Message-ID made of token and domain"
+    return f'<{token}@{_idna(domain)}>'
+
+
+def build_message(
+        from_addr, to_addr, subject, html, text=None, *, message_id,
+        unsubscribe=None, language=None, date=None):
+    """Return the multipart/alternative email.message.EmailMessage
+
+    from_addr and to_addr are addresses optionally with a name
+    ('Name <address>'); unsubscribe is the one-click unsubscribe URL;
+    language is the Tryton code of the recipient's language."""
+    message = EmailMessage()
+    message['From'] = format_recipient(*parseaddr(from_addr))
+    message['To'] = format_recipient(*parseaddr(to_addr))
+    message['Subject'] = subject
+    message['Date'] = format_datetime(date or datetime.now(timezone.utc))
+    message['Message-ID'] = message_id
+    message['Auto-Submitted'] = 'auto-generated'
+    if unsubscribe:
+        message['List-Unsubscribe'] = f'<{unsubscribe}>'
+        message['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'
+    # quoted-printable keeps every line short whatever the template
+    if text:
+        message.set_content(text, cte='quoted-printable')
+        message.add_alternative(html, subtype='html', cte='quoted-printable')
+    else:
+        message.set_content(html, subtype='html', cte='quoted-printable')
+    # after the content, which replaces every Content-* header
+    if language:
+        message['Content-Language'] = language.replace('_', '-')
+    return message
+
+
+def _digest(secret, parts):
+    if isinstance(secret, str):
+        secret = secret.encode('utf-8')
+    mac = hmac.new(secret, digestmod=hashlib.sha256)
+    for part in parts:
+        data = part.encode('utf-8', 'surrogatepass')
+        mac.update(len(data).to_bytes(8, 'big') + data)
+    return mac.digest()[:16]
+
+
+def sign(secret, *parts):
+    "Return the URL-safe signature of the strings parts keyed by secret"
+    return base64.urlsafe_b64encode(
+        _digest(secret, parts)).decode('ascii').rstrip('=')
+
+
+def verify(secret, signature, *parts):
+    "Tell whether signature is sign(secret, *parts), never raising"
+    if not isinstance(signature, str) or not signature.isascii():
+        return False
+    if not all(isinstance(part, str) for part in parts):
+        return False
+    return hmac.compare_digest(
+        sign(secret, *parts).encode('ascii'), signature.encode('ascii'))
+
+
+def _encode_database(name):
+    # as the base64 converter of trytond's WSGI application
+    return base64.urlsafe_b64encode(
+        name.encode('utf-8')).decode('ascii').rstrip('=')
+
+
+def unsubscribe_url(base, database, uuid, next=None, secret=None):
+    """Return the unsubscribe URL of the record uuid on database
+
+    next is signed with secret so the route may follow it."""
+    query = {'r': uuid}
+    if next:
+        query['next'] = next
+        query['s'] = sign(secret, uuid, next)
+    return '%s/m/%s/unsubscribe?%s' % (
+        base.rstrip('/'), _encode_database(database), urlencode(query))
+
+
+def checked_next(secret, uuid, next, signature):
+    "Return next if this server signed it for uuid and it is a web URL"
+    if not verify(secret, signature, uuid, next):
+        return None
+    try:
+        url = urlsplit(next)
+    except ValueError:
+        return None
+    if url.scheme.lower() not in {'http', 'https'} or not url.netloc:
+        return None
+    return next
+
+
+# 16 random bytes make 22 characters of URL-safe base64
+_TOKEN_RE = re.compile(r'[A-Za-z0-9_-]{22}')
+_UUID_RE = re.compile(r'[0-9a-f]{32}')
+
+
+def new_token():
+    "Return an unguessable URL-safe token of 128 random bits"
+    return secrets.token_urlsafe(16)
+
+
+def is_token(text):
+    "Tell whether text has the shape of a token of new_token"
+    return isinstance(text, str) and bool(_TOKEN_RE.fullmatch(text))
+
+
+def is_uuid(text):
+    "Tell whether text has the shape of a record's uuid (hexadecimal)"
+    return isinstance(text, str) and bool(_UUID_RE.fullmatch(text))
+
+
+_BARS = '▁▂▃▄▅▆▇█'
+
+
+def sparkline(values):
+    "Return values as bars scaled between 0 and their maximum"
+    values = [max(value or 0, 0) for value in values]
+    top = max(values, default=0)
+    if not top:
+        return _BARS[0] * len(values)
+    return ''.join(
+        _BARS[round(value / top * (len(_BARS) - 1))] for value in values)

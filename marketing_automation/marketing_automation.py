@@ -1,0 +1,1267 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Scenarios, their activities, and the engine that moves records through them.
+
+A scenario enters records (``Scenario.trigger``); each entry of a record into
+an activity is a record activity that waits until it is due and is then done
+(``RecordActivity.process`` and ``do``); email events (``on_email_opened``,
+``on_email_clicked``) make the children waiting for them due.
+
+The engine works on sets: one statement enters a batch of records, one
+statement schedules the children of a batch, and so on.  Only the activity's
+action and its condition look at the underlying records one by one.
+"""
+import datetime
+import time
+import uuid
+from collections import defaultdict
+from itertools import groupby
+
+from sql import Cast, Literal, Null
+from sql.aggregate import Count, Sum
+from sql.conditionals import Case
+from sql.functions import DateTrunc
+from sql.operators import Concat, Exists
+
+from trytond import backend
+from trytond.config import config
+from trytond.i18n import gettext
+from trytond.model import (
+    EvalEnvironment, Index, ModelSQL, ModelView, Unique, Workflow, fields)
+from trytond.pool import Pool
+from trytond.pyson import Bool, Eval, If, PYSONDecoder
+from trytond.report import Report
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.transaction import Transaction
+
+from .exceptions import ActivityError, ConditionError, DomainError
+from .mixin import MarketingAutomationMixin
+
+EVENTS = {
+    'send_email': ['email_opened', 'email_clicked'],
+    }
+TREND_PERIODS = 10
+
+
+def batch_size():
+    "How many records the engine handles in one statement"
+    return config.getint('marketing', 'automation_batch_size', default=1000)
+
+
+def _now():
+    return datetime.datetime.now()
+
+
+def _eval_environment():
+    context = Transaction().context
+    return {
+        'context': context,
+        'current_date': datetime.date.today(),
+        'time': time,
+        }
+
+
+def _condition_holds(condition, record):
+    env = _eval_environment()
+    env['self'] = EvalEnvironment(record, record.__class__)
+    return bool(PYSONDecoder(env).decode(condition))
+
+
+def _round_rate(numerator, denominator):
+    return round(numerator / denominator, 2) if denominator else 0.
+
+
+def _sparkline(values):
+    bars = '▁▂▃▄▅▆▇█'
+    values = [v or 0 for v in values]
+    if not values:
+        return ''
+    top = max(values)
+    if not top:
+        return bars[0] * len(values)
+    return ''.join(
+        bars[min(int(v / top * (len(bars) - 1) + 0.5), len(bars) - 1)]
+        for v in values)
+
+
+def _trend_periods(period=None):
+    """The start dates of the last periods (oldest first) and the period"""
+    period = period or Transaction().context.get('period') or 'month'
+    today = datetime.date.today()
+    if period == 'year':
+        starts = [datetime.date(today.year - i, 1, 1)
+            for i in range(TREND_PERIODS)]
+    elif period == 'day':
+        starts = [today - datetime.timedelta(days=i)
+            for i in range(TREND_PERIODS)]
+    else:
+        period = 'month'
+        starts = []
+        year, month = today.year, today.month
+        for _ in range(TREND_PERIODS):
+            starts.append(datetime.date(year, month, 1))
+            year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return list(reversed(starts)), period
+
+
+def _as_date(value):
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    if isinstance(value, datetime.datetime):
+        value = value.date()
+    return value
+
+
+def _savepoint(cursor, name):
+    cursor.execute('SAVEPOINT %s' % name)
+
+
+def _rollback_to(cursor, name):
+    cursor.execute('ROLLBACK TO SAVEPOINT %s' % name)
+
+
+def _release(cursor, name):
+    cursor.execute('RELEASE SAVEPOINT %s' % name)
+
+
+class Scenario(Workflow, ModelSQL, ModelView):
+    __name__ = 'marketing.automation.scenario'
+
+    _states = {
+        'readonly': Eval('state') != 'draft',
+        }
+
+    name = fields.Char("Name", translate=True)
+    model = fields.Selection(
+        'get_models', "Model", required=True, states=_states)
+    domain = fields.Char(
+        "Domain", required=True, states=_states,
+        help="A PYSON domain on the model that selects the records "
+        "entering the scenario.")
+    activities = fields.One2Many(
+        'marketing.automation.activity', 'parent', "Activities")
+    record_count = fields.Function(
+        fields.Integer("Records"), 'get_record_count')
+    record_count_blocked = fields.Function(
+        fields.Integer("Records Blocked"), 'get_record_count')
+    block_rate = fields.Function(
+        fields.Float("Block Rate", digits=(1, 2)), 'get_rate')
+    block_rate_trend = fields.Function(
+        fields.Char("Block Rate Trend"), 'get_trend')
+    unsubscribable = fields.Boolean(
+        "Unsubscribable",
+        help="If checked, a party who unsubscribes from one record "
+        "never receives the emails of this scenario again.")
+    state = fields.Selection([
+            ('draft', "Draft"),
+            ('running', "Running"),
+            ('stopped', "Stopped"),
+            ], "State", required=True, readonly=True, sort=False)
+
+    del _states
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_indexes.add(
+            Index(t, (t.state, Index.Equality(cardinality='low'))))
+        cls._transitions |= {
+            ('draft', 'running'),
+            ('running', 'stopped'),
+            ('stopped', 'draft'),
+            }
+        cls._buttons.update({
+                'draft': {
+                    'invisible': Eval('state') != 'stopped',
+                    'depends': ['state'],
+                    },
+                'run': {
+                    'invisible': Eval('state') != 'draft',
+                    'depends': ['state'],
+                    },
+                'stop': {
+                    'invisible': Eval('state') != 'running',
+                    'depends': ['state'],
+                    },
+                })
+
+    @classmethod
+    def get_models(cls):
+        pool = Pool()
+        Model = pool.get('ir.model')
+        names = sorted(
+            name for name, klass in pool.iterobject()
+            if issubclass(klass, MarketingAutomationMixin))
+        return [(n, Model.get_name(n)) for n in names]
+
+    @classmethod
+    def default_model(cls):
+        return 'party.party'
+
+    @classmethod
+    def default_domain(cls):
+        return '[]'
+
+    @classmethod
+    def default_unsubscribable(cls):
+        return False
+
+    @classmethod
+    def default_state(cls):
+        return 'draft'
+
+    def get_rec_name(self, name):
+        return self.name or str(self.id)
+
+    def decoded_domain(self):
+        return PYSONDecoder(_eval_environment()).decode(self.domain)
+
+    @classmethod
+    def validate_fields(cls, scenarios, field_names):
+        super().validate_fields(scenarios, field_names)
+        if field_names is None or field_names & {'domain', 'model'}:
+            for scenario in scenarios:
+                scenario.check_domain()
+
+    def check_domain(self):
+        pool = Pool()
+        cursor = Transaction().connection.cursor()
+        try:
+            domain = self.decoded_domain()
+            if not isinstance(domain, list):
+                raise ValueError("a domain is a list of clauses")
+            Model = pool.get(self.model)
+            _savepoint(cursor, 'marketing_domain')
+            try:
+                Model.search(domain, limit=1, order=[])
+            except Exception:
+                _rollback_to(cursor, 'marketing_domain')
+                raise
+            else:
+                _release(cursor, 'marketing_domain')
+        except Exception as exception:
+            raise DomainError(gettext(
+                    'marketing_automation.msg_scenario_invalid_domain',
+                    domain=self.domain, scenario=self.rec_name,
+                    exception=exception)) from exception
+
+    @classmethod
+    def get_record_count(cls, scenarios, names):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+
+        result = {n: {s.id: 0 for s in scenarios} for n in names}
+        for sub in grouped_slice(scenarios):
+            cursor.execute(*record.select(
+                    record.scenario, Count(Literal('*')),
+                    Sum(Case((record.blocked, 1), else_=0)),
+                    where=reduce_ids(record.scenario, [s.id for s in sub]),
+                    group_by=[record.scenario]))
+            for scenario_id, count, blocked in cursor:
+                if 'record_count' in result:
+                    result['record_count'][scenario_id] = count
+                if 'record_count_blocked' in result:
+                    result['record_count_blocked'][scenario_id] = (
+                        blocked or 0)
+        if 'record_count' in result:
+            for scenario in scenarios:
+                if scenario.state == 'draft':
+                    result['record_count'][scenario.id] = (
+                        scenario.audience_count())
+        return result
+
+    def audience_count(self):
+        "How many records the domain selects now"
+        try:
+            Model = Pool().get(self.model)
+            return Model.search(self.decoded_domain(), count=True)
+        except Exception:
+            return None
+
+    @classmethod
+    def get_rate(cls, scenarios, name):
+        counts = cls.get_record_count(
+            scenarios, ['record_count', 'record_count_blocked'])
+        rates = {}
+        for scenario in scenarios:
+            # A draft scenario has previewed counts, not records.
+            if scenario.state == 'draft':
+                rates[scenario.id] = 0.
+                continue
+            rates[scenario.id] = _round_rate(
+                counts['record_count_blocked'][scenario.id],
+                counts['record_count'][scenario.id])
+        return rates
+
+    @classmethod
+    def get_trend(cls, scenarios, name):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        starts, period = _trend_periods()
+        date = DateTrunc(period, record.create_date)
+        series = {s.id: {} for s in scenarios}
+        for sub in grouped_slice(scenarios):
+            cursor.execute(*record.select(
+                    record.scenario, date, Count(Literal('*')),
+                    Sum(Case((record.blocked, 1), else_=0)),
+                    where=reduce_ids(record.scenario, [s.id for s in sub])
+                    & (record.create_date >= starts[0]),
+                    group_by=[record.scenario, date]))
+            for scenario_id, start, count, blocked in cursor:
+                series[scenario_id][_as_date(start)] = _round_rate(
+                    blocked or 0, count)
+        return {
+            s: _sparkline([values.get(d, 0) for d in starts])
+            for s, values in series.items()}
+
+    @classmethod
+    def copy(cls, scenarios, default=None):
+        default = default.copy() if default else {}
+        default.setdefault('state', 'draft')
+        return super().copy(scenarios, default=default)
+
+    @classmethod
+    @ModelView.button
+    @Workflow.transition('draft')
+    def draft(cls, scenarios):
+        pass
+
+    @classmethod
+    @ModelView.button
+    @Workflow.transition('running')
+    def run(cls, scenarios):
+        pass
+
+    @classmethod
+    @ModelView.button
+    @Workflow.transition('stopped')
+    def stop(cls, scenarios):
+        pass
+
+    @classmethod
+    def trigger(cls, scenarios=None):
+        "Enter the new records into the running scenarios"
+        if scenarios is None:
+            scenarios = cls.search([('state', '=', 'running')])
+        for scenario in scenarios:
+            if scenario.state == 'running':
+                scenario.enter_records()
+
+    def enter_records(self):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        Model = pool.get(self.model)
+        record = Record.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        database = transaction.database
+
+        domain = self.decoded_domain()
+        if self.unsubscribable:
+            Unsubscribed = pool.get(
+                'party.party-unsubscribed-marketing.automation.scenario')
+            unsubscribed = Unsubscribed.__table__()
+            domain = [domain, ('marketing_party', 'not in',
+                    unsubscribed.select(
+                        unsubscribed.party,
+                        where=unsubscribed.scenario == self.id))]
+        with transaction.set_context(active_test=False):
+            candidates = Model.search(domain, order=[], query=True)
+        candidates = candidates.select(candidates.id)
+        reference = Concat(
+            self.model + ',',
+            Cast(candidates.id, database.sql_type('VARCHAR').base))
+        unknown = ~Exists(record.select(
+                Literal(1),
+                where=(record.scenario == self.id)
+                & (record.record == reference)))
+
+        on_conflict = None
+        if database.has_insert_on_conflict():
+            from sql import Conflict
+            on_conflict = Conflict(record)
+        roots = [a for a in self.activities]
+        last_id = 0
+        while True:
+            cursor.execute(*candidates.select(
+                    candidates.id,
+                    where=unknown & (candidates.id > last_id),
+                    order_by=[candidates.id.asc],
+                    limit=batch_size()))
+            ids = [i for i, in cursor]
+            if not ids:
+                break
+            last_id = ids[-1]
+            now = _now()
+            uuids = [uuid.uuid4().hex for _ in ids]
+            values = [
+                [transaction.user, now, self.id, '%s,%s' % (self.model, i),
+                    False, u]
+                for i, u in zip(ids, uuids)]
+            cursor.execute(*record.insert(
+                    [record.create_uid, record.create_date,
+                        record.scenario, record.record, record.blocked,
+                        record.uuid],
+                    values,
+                    on_conflict=on_conflict))
+            cursor.execute(*record.select(
+                    record.id, record.record,
+                    where=record.uuid.in_(uuids)))
+            entered = {int(r.split(',')[1]): i for i, r in cursor}
+            RecordActivity = pool.get('marketing.automation.record.activity')
+            RecordActivity.schedule(roots, entered, self.model)
+
+    @classmethod
+    def unsubscribe(cls, records):
+        """Block the records and keep their parties out of the scenarios
+        that are unsubscribable"""
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        Unsubscribed = pool.get(
+            'party.party-unsubscribed-marketing.automation.scenario')
+        Record.write(
+            [r for r in records if not r.blocked], {'blocked': True})
+        pairs = set()
+        for record in records:
+            party = record.marketing_party
+            if record.scenario.unsubscribable and party:
+                pairs.add((party.id, record.scenario.id))
+        if not pairs:
+            return
+        existing = set()
+        for party, scenario in pairs:
+            if Unsubscribed.search([
+                        ('party', '=', party),
+                        ('scenario', '=', scenario),
+                        ], limit=1):
+                existing.add((party, scenario))
+        Unsubscribed.create([
+                {'party': p, 'scenario': s} for p, s in pairs - existing])
+        # the party's other records of the scenario are kept out too
+        others = []
+        for party, scenario in pairs:
+            for other in Record.search([
+                        ('scenario', '=', scenario),
+                        ('blocked', '=', False),
+                        ]):
+                if (other.marketing_party
+                        and other.marketing_party.id == party):
+                    others.append(other)
+        if others:
+            Record.write(others, {'blocked': True})
+
+
+class Activity(ModelSQL, ModelView):
+    __name__ = 'marketing.automation.activity'
+
+    name = fields.Char("Name", required=True, translate=True)
+    parent = fields.Reference(
+        "Parent", selection=[
+            ('marketing.automation.scenario', "Scenario"),
+            ('marketing.automation.activity', "Activity"),
+            ], required=True)
+    children = fields.One2Many(
+        'marketing.automation.activity', 'parent', "Children")
+    parent_action = fields.Function(
+        fields.Selection('get_actions', "Parent Action"),
+        'on_change_with_parent_action')
+    on = fields.Function(fields.Selection([
+                (None, ""),
+                ('email_opened', "Email Opened"),
+                ('email_opened_not', "Email Not Opened"),
+                ('email_clicked', "Email Clicked"),
+                ('email_clicked_not', "Email Not Clicked"),
+                ], "On",
+            domain=[If(Eval('parent_action') == 'send_email',
+                    (),
+                    ('on', '=', None)),
+                ],
+            states={
+                'invisible': ~Eval('parent_action').in_(list(EVENTS)),
+                },
+            help="The event after which the activity is run."),
+        'get_on', setter='set_on')
+    event = fields.Selection([
+            (None, ""),
+            ('email_opened', "Email Opened"),
+            ('email_clicked', "Email Clicked"),
+            ], "Event")
+    negative = fields.Boolean(
+        "Negative",
+        states={
+            'invisible': ~Eval('event'),
+            },
+        help="Check to run the activity when the event has not happened "
+        "by the end of the delay.")
+    condition = fields.Char(
+        "Condition",
+        help="A PYSON statement evaluated with the record as 'self'.\n"
+        "The activity runs only when it is true.")
+    delay = fields.TimeDelta(
+        "Delay",
+        domain=['OR',
+            ('delay', '=', None),
+            ('delay', '>=', datetime.timedelta()),
+            ],
+        states={
+            'required': Bool(Eval('negative')),
+            },
+        help="How long to wait before running the activity.")
+    action = fields.Selection([
+            (None, ""),
+            ('send_email', "Send Email"),
+            ], "Action")
+    email_from = fields.Char(
+        "From", translate=True,
+        states={
+            'invisible': Eval('action') != 'send_email',
+            },
+        help="Leave empty to use the configured sender.")
+    email_title = fields.Char(
+        "Email Title", translate=True,
+        states={
+            'invisible': Eval('action') != 'send_email',
+            'required': Eval('action') == 'send_email',
+            },
+        help="A Genshi text template rendered with the record.")
+    email_template = fields.Text(
+        "Email Template", translate=True,
+        states={
+            'invisible': Eval('action') != 'send_email',
+            'required': Eval('action') == 'send_email',
+            },
+        help="A Genshi HTML (or MJML) template rendered with the record.\n"
+        "Write 'unsubscribe' as a link to let the recipient unsubscribe.")
+
+    record_count = fields.Function(
+        fields.Integer("Records"), 'get_statistics')
+    email_opened = fields.Function(
+        fields.Integer(
+            "Emails Opened",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_clicked = fields.Function(
+        fields.Integer(
+            "Emails Clicked",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_open_rate = fields.Function(
+        fields.Float(
+            "Email Open Rate", digits=(1, 2),
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_click_rate = fields.Function(
+        fields.Float(
+            "Email Click Rate", digits=(1, 2),
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_click_through_rate = fields.Function(
+        fields.Float(
+            "Email Click-Through Rate", digits=(1, 2),
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_open_rate_trend = fields.Function(
+        fields.Char(
+            "Email Open Rate Trend",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_trend')
+    email_click_rate_trend = fields.Function(
+        fields.Char(
+            "Email Click Rate Trend",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_trend')
+    email_click_through_rate_trend = fields.Function(
+        fields.Char(
+            "Email Click-Through Rate Trend",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_trend')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_indexes.add(Index(t, (t.parent, Index.Equality())))
+
+    @classmethod
+    def get_actions(cls):
+        return cls.fields_get(['action'])['action']['selection']
+
+    @fields.depends('parent')
+    def on_change_with_parent_action(self, name=None):
+        if isinstance(self.parent, Activity):
+            return self.parent.action
+
+    def get_on(self, name):
+        if self.event:
+            return self.event + ('_not' if self.negative else '')
+
+    @classmethod
+    def set_on(cls, activities, name, value):
+        if value:
+            event, negative = value.removesuffix('_not'), value.endswith(
+                '_not')
+        else:
+            event, negative = None, False
+        cls.write(activities, {'event': event, 'negative': negative})
+
+    @fields.depends('on')
+    def on_change_on(self):
+        if self.on:
+            self.event = self.on.removesuffix('_not')
+            self.negative = self.on.endswith('_not')
+        else:
+            self.event, self.negative = None, False
+
+    @classmethod
+    def default_negative(cls):
+        return False
+
+    @classmethod
+    def default_parent_action(cls):
+        return None
+
+    @property
+    def scenario(self):
+        parent = self.parent
+        while isinstance(parent, Activity):
+            parent = parent.parent
+        return parent
+
+    @property
+    def twins(self):
+        "The sibling activities waiting for the same event, other polarity"
+        if not self.event or not isinstance(self.parent, Activity):
+            return []
+        return [a for a in self.parent.children
+            if a.event == self.event and a.negative != self.negative]
+
+    def get_rec_name(self, name):
+        return self.name
+
+    @classmethod
+    def validate_fields(cls, activities, field_names):
+        super().validate_fields(activities, field_names)
+        for activity in activities:
+            activity.check_event()
+            activity.check_delay()
+            activity.check_condition()
+            if activity.action:
+                getattr(activity, 'check_%s' % activity.action)()
+
+    def check_event(self):
+        if self.event or self.negative:
+            parent_action = (
+                self.parent.action if isinstance(self.parent, Activity)
+                else None)
+            if self.event not in EVENTS.get(parent_action, []):
+                raise ActivityError(gettext(
+                        'marketing_automation.msg_activity_invalid_event',
+                        activity=self.rec_name))
+
+    def check_delay(self):
+        if self.delay is not None and self.delay < datetime.timedelta():
+            raise ActivityError(gettext(
+                    'marketing_automation.msg_activity_invalid_delay',
+                    activity=self.rec_name))
+        if self.negative and not self.delay:
+            raise ActivityError(gettext(
+                    'marketing_automation.msg_activity_negative_no_delay',
+                    activity=self.rec_name))
+
+    def check_condition(self):
+        if not self.condition:
+            return
+        try:
+            PYSONDecoder(noeval=True).decode(self.condition)
+        except Exception as exception:
+            raise ConditionError(gettext(
+                    'marketing_automation.msg_activity_invalid_condition',
+                    condition=self.condition, activity=self.rec_name,
+                    exception=exception)) from exception
+
+    def check_send_email(self):
+        from . import email_action
+        email_action.check_templates(self)
+
+    def condition_holds(self, record):
+        return not self.condition or _condition_holds(self.condition, record)
+
+    def do(self, entries):
+        """Run the activity for its due entries and enter their records
+        into the children.
+
+        entries are (record activity id, record id, reference) tuples.
+        Returns a dictionary: record activity id → why its action was not
+        done."""
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        model_name = entries[0][2].split(',')[0]
+        Model = pool.get(model_name)
+        entered = {
+            int(reference.split(',')[1]): record_id
+            for _, record_id, reference in entries}
+        entry_of = {record_id: entry_id for entry_id, record_id, _ in entries}
+        underlying = existing_records(Model, entered)
+
+        errors = {}
+        gone = set(entered.values()) - {entered[r.id] for r in underlying}
+        for record_id in gone:
+            errors[entry_of[record_id]] = gettext(
+                'marketing_automation.msg_record_activity_record_deleted')
+        todo = []
+        for record in underlying:
+            entry_id = entry_of[entered[record.id]]
+            if self.condition_holds(record):
+                todo.append(entry_id)
+            else:
+                errors[entry_id] = gettext(
+                    'marketing_automation'
+                    '.msg_record_activity_condition_false')
+        if todo:
+            errors.update(self.execute(RecordActivity.browse(todo)))
+        RecordActivity.schedule(
+            self.children, {r.id: entered[r.id] for r in underlying},
+            model_name, underlying=underlying)
+        return errors
+
+    def execute(self, record_activities):
+        """Run the action on the record activities whose records exist.
+
+        Returns a dictionary: record activity id → error message, for the
+        entries whose action could not be done."""
+        if not self.action:
+            return {}
+        return getattr(self, 'execute_%s' % self.action)(record_activities)
+
+    def execute_send_email(self, record_activities):
+        from . import email_action
+        return email_action.send(self, record_activities)
+
+    @classmethod
+    def get_statistics(cls, activities, names):
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+
+        counts = {a.id: (0, 0, 0) for a in activities}
+        for sub in grouped_slice(activities):
+            cursor.execute(*record_activity.select(
+                    record_activity.activity,
+                    Count(Literal('*')),
+                    Sum(Case((record_activity.email_opened, 1), else_=0)),
+                    Sum(Case((record_activity.email_clicked, 1), else_=0)),
+                    where=reduce_ids(
+                        record_activity.activity, [a.id for a in sub])
+                    & (record_activity.state == 'done'),
+                    group_by=[record_activity.activity]))
+            for activity_id, count, opened, clicked in cursor:
+                counts[activity_id] = (count, opened or 0, clicked or 0)
+
+        result = {n: {} for n in names}
+        for activity_id, (count, opened, clicked) in counts.items():
+            values = {
+                'record_count': count,
+                'email_opened': opened,
+                'email_clicked': clicked,
+                'email_open_rate': _round_rate(opened, count),
+                'email_click_rate': _round_rate(clicked, count),
+                'email_click_through_rate': _round_rate(clicked, opened),
+                }
+            for name in names:
+                result[name][activity_id] = values[name]
+        return result
+
+    @classmethod
+    def get_trend(cls, activities, names):
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        starts, period = _trend_periods()
+        date = DateTrunc(period, record_activity.at)
+
+        series = {a.id: {} for a in activities}
+        for sub in grouped_slice(activities):
+            cursor.execute(*record_activity.select(
+                    record_activity.activity, date,
+                    Count(Literal('*')),
+                    Sum(Case((record_activity.email_opened, 1), else_=0)),
+                    Sum(Case((record_activity.email_clicked, 1), else_=0)),
+                    where=reduce_ids(
+                        record_activity.activity, [a.id for a in sub])
+                    & (record_activity.state == 'done')
+                    & (record_activity.at >= starts[0]),
+                    group_by=[record_activity.activity, date]))
+            for activity_id, start, count, opened, clicked in cursor:
+                series[activity_id][_as_date(start)] = (
+                    count, opened or 0, clicked or 0)
+
+        def rate(name, count, opened, clicked):
+            return {
+                'email_open_rate_trend': _round_rate(opened, count),
+                'email_click_rate_trend': _round_rate(clicked, count),
+                'email_click_through_rate_trend': _round_rate(
+                    clicked, opened),
+                }[name]
+
+        result = {n: {} for n in names}
+        for activity_id, values in series.items():
+            for name in names:
+                result[name][activity_id] = _sparkline([
+                        rate(name, *values.get(d, (0, 0, 0)))
+                        for d in starts])
+        return result
+
+
+class Record(ModelSQL, ModelView):
+    __name__ = 'marketing.automation.record'
+
+    scenario = fields.Many2One(
+        'marketing.automation.scenario', "Scenario",
+        required=True, ondelete='CASCADE')
+    record = fields.Reference(
+        "Record", selection='get_models', required=True)
+    blocked = fields.Boolean(
+        "Blocked",
+        states={
+            'readonly': ~Eval('blocked', False),
+            },
+        help="A blocked record runs no more activity.")
+    uuid = fields.Char("UUID", readonly=True, required=True, strip=False)
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_constraints += [
+            ('scenario_record_unique', Unique(t, t.scenario, t.record),
+                'marketing_automation.msg_record_scenario_unique'),
+            ('uuid_unique', Unique(t, t.uuid),
+                'marketing_automation.msg_record_uuid_unique'),
+            ]
+        cls._buttons.update({
+                'block': {
+                    'invisible': Eval('blocked', False),
+                    'depends': ['blocked'],
+                    },
+                })
+
+    @classmethod
+    def get_models(cls):
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        return Scenario.get_models()
+
+    @classmethod
+    def default_uuid(cls):
+        return uuid.uuid4().hex
+
+    @classmethod
+    def default_blocked(cls):
+        return False
+
+    def get_rec_name(self, name):
+        if self.record and self.record.id >= 0:
+            try:
+                return self.record.rec_name
+            except Exception:
+                pass
+        return self.uuid
+
+    @classmethod
+    def search_rec_name(cls, name, clause):
+        return [('uuid',) + tuple(clause[1:])]
+
+    @property
+    def marketing_party(self):
+        "The party who receives the emails, or None if the record is gone"
+        if self.record and self.record.id >= 0:
+            try:
+                return self.record.marketing_party
+            except Exception:
+                return None
+
+    @property
+    def language(self):
+        "The code of the recipient's language"
+        party = self.marketing_party
+        if party and party.lang:
+            return party.lang.code
+
+    @classmethod
+    def copy(cls, records, default=None):
+        default = default.copy() if default else {}
+        default.setdefault('uuid', None)
+        default.setdefault('blocked', False)
+        return super().copy(records, default=default)
+
+    @classmethod
+    @ModelView.button
+    def block(cls, records):
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Scenario.unsubscribe(records)
+
+
+class RecordActivity(Workflow, ModelSQL, ModelView):
+    __name__ = 'marketing.automation.record.activity'
+
+    record = fields.Many2One(
+        'marketing.automation.record', "Record",
+        required=True, ondelete='CASCADE')
+    activity = fields.Many2One(
+        'marketing.automation.activity', "Activity",
+        required=True, ondelete='CASCADE')
+    activity_action = fields.Function(
+        fields.Selection('get_activity_actions', "Activity Action"),
+        'on_change_with_activity_action')
+    at = fields.DateTime(
+        "At", states={
+            'readonly': Eval('state') != 'waiting',
+            },
+        help="When the activity is due, or when it was done.")
+    email_opened = fields.Boolean(
+        "Email Opened", readonly=True,
+        states={
+            'invisible': Eval('activity_action') != 'send_email',
+            })
+    email_clicked = fields.Boolean(
+        "Email Clicked", readonly=True,
+        states={
+            'invisible': Eval('activity_action') != 'send_email',
+            })
+    email_sent = fields.Boolean(
+        "Email Sent", readonly=True,
+        states={
+            'invisible': Eval('activity_action') != 'send_email',
+            },
+        help="Whether the mail server accepted the email.")
+    error = fields.Text(
+        "Error", readonly=True,
+        states={
+            'invisible': ~Eval('error'),
+            },
+        help="Why the action was not done.")
+    state = fields.Selection([
+            ('waiting', "Waiting"),
+            ('done', "Done"),
+            ('cancelled', "Cancelled"),
+            ], "State", required=True, readonly=True, sort=False)
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_constraints += [
+            ('activity_record_unique', Unique(t, t.activity, t.record),
+                'marketing_automation.msg_activity_record_unique'),
+            ]
+        cls._sql_indexes.update({
+                Index(t, (t.record, Index.Equality())),
+                Index(t,
+                    (t.at, Index.Range()),
+                    where=t.state == 'waiting'),
+                })
+        cls._order.insert(0, ('at', 'DESC NULLS FIRST'))
+        cls._transitions |= {
+            ('waiting', 'done'),
+            ('waiting', 'cancelled'),
+            }
+        not_done_email = (
+            (Eval('state') != 'done')
+            | (Eval('activity_action') != 'send_email'))
+        cls._buttons.update({
+                'on_email_opened': {
+                    'invisible': not_done_email | Eval('email_opened', False),
+                    'depends': ['state', 'activity_action', 'email_opened'],
+                    },
+                'on_email_clicked': {
+                    'invisible': not_done_email | Eval('email_clicked', False),
+                    'depends': [
+                        'state', 'activity_action', 'email_clicked'],
+                    },
+                })
+
+    @classmethod
+    def get_activity_actions(cls):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        return Activity.fields_get(['action'])['action']['selection']
+
+    @fields.depends('activity', '_parent_activity.action')
+    def on_change_with_activity_action(self, name=None):
+        if self.activity:
+            return self.activity.action
+
+    @classmethod
+    def default_state(cls):
+        return 'waiting'
+
+    @classmethod
+    def default_email_opened(cls):
+        return False
+
+    @classmethod
+    def default_email_clicked(cls):
+        return False
+
+    @classmethod
+    def default_email_sent(cls):
+        return False
+
+    def get_rec_name(self, name):
+        return '%s @ %s' % (self.activity.rec_name, self.record.rec_name)
+
+    @classmethod
+    def search_rec_name(cls, name, clause):
+        _, operator, value = clause[:3]
+        bool_op = 'AND' if operator.startswith('!') or operator.startswith(
+            'not ') else 'OR'
+        return [bool_op,
+            ('activity.rec_name', operator, value),
+            ('record.rec_name', operator, value),
+            ]
+
+    @classmethod
+    def schedule(cls, activities, entered, model_name, underlying=None):
+        """Create the waiting entries of the activities for the records.
+
+        entered maps the id of each underlying record to the id of its
+        marketing record; underlying are the instances of these records when
+        the caller has them.  Activities whose condition is false for a
+        record are not entered for it."""
+        pool = Pool()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        table = cls.__table__()
+        if not activities or not entered:
+            return
+        Model = pool.get(model_name)
+        now = _now()
+        rows = []
+        for activity in activities:
+            if activity.event and not activity.negative:
+                at = None
+            else:
+                at = now + (activity.delay or datetime.timedelta())
+            if activity.condition:
+                if underlying is None:
+                    underlying = existing_records(Model, entered)
+                record_ids = [entered[r.id] for r in underlying
+                    if activity.condition_holds(r)]
+            else:
+                record_ids = entered.values()
+            rows.extend(
+                [transaction.user, now, r, activity.id, 'waiting', at,
+                    False, False, False]
+                for r in record_ids)
+        on_conflict = None
+        if transaction.database.has_insert_on_conflict():
+            from sql import Conflict
+            on_conflict = Conflict(table)
+        for sub in grouped_slice(rows, batch_size()):
+            cursor.execute(*table.insert(
+                    [table.create_uid, table.create_date, table.record,
+                        table.activity, table.state, table.at,
+                        table.email_opened, table.email_clicked,
+                        table.email_sent],
+                    list(sub), on_conflict=on_conflict))
+
+    @classmethod
+    def _due_query(cls, now):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        Scenario = pool.get('marketing.automation.scenario')
+        table = cls.__table__()
+        record = Record.__table__()
+        scenario = Scenario.__table__()
+        return table, record, scenario, (
+            table.join(record, condition=table.record == record.id)
+            .join(scenario, condition=record.scenario == scenario.id)), (
+            (table.state == 'waiting')
+            & (table.at != Null) & (table.at <= now)
+            & (scenario.state == 'running')
+            & (record.blocked == Literal(False)))
+
+    @classmethod
+    def process(cls):
+        "Queue the due record activities of the running scenarios"
+        cursor = Transaction().connection.cursor()
+        table, _, _, from_, due = cls._due_query(_now())
+        size = batch_size()
+        last_id = 0
+        queue_batch = config.getint(
+            'marketing', 'automation_queue_batch_size', default=None) or True
+        while True:
+            cursor.execute(*from_.select(
+                    table.id,
+                    where=due & (table.id > last_id),
+                    order_by=[table.id.asc],
+                    limit=size))
+            ids = [i for i, in cursor]
+            if not ids:
+                break
+            last_id = ids[-1]
+            with Transaction().set_context(queue_batch=queue_batch):
+                cls.__queue__.do(cls.browse(ids))
+
+    @classmethod
+    def do(cls, record_activities):
+        "Do the record activities that are still due"
+        ids = list(map(int, record_activities))
+        for sub in grouped_slice(ids, batch_size()):
+            cls._do(list(sub))
+
+    @classmethod
+    def _do(cls, record_activities):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        now = _now()
+        table, record, _, from_, due = cls._due_query(now)
+
+        # Lock the entries so that concurrent workers do each one once.
+        for_ = None
+        if backend.name == 'postgresql':
+            from sql import For
+            for_ = For('UPDATE', table)
+        cursor.execute(*from_.select(
+                table.id, table.activity, table.record, record.record,
+                where=due & reduce_ids(table.id, record_activities),
+                order_by=[table.activity, table.id],
+                for_=for_))
+        rows = cursor.fetchall()
+        if not rows:
+            return
+
+        done, errors = [], {}
+        for activity_id, group in groupby(rows, key=lambda r: r[1]):
+            group = list(group)
+            activity = Activity(activity_id)
+            done.extend(r[0] for r in group)
+            cls.cancel_twins(activity, [r[2] for r in group])
+            errors.update(activity.do(
+                    [(r[0], r[2], r[3]) for r in group]))
+
+        for sub in grouped_slice(done):
+            cursor.execute(*table.update(
+                    [table.state, table.at, table.write_uid,
+                        table.write_date],
+                    ['done', now, transaction.user, now],
+                    where=reduce_ids(table.id, sub)))
+        by_error = defaultdict(list)
+        for record_activity_id, error in errors.items():
+            by_error[error].append(record_activity_id)
+        for error, ids in by_error.items():
+            for sub in grouped_slice(ids):
+                cursor.execute(*table.update(
+                        [table.error], [error],
+                        where=reduce_ids(table.id, sub)))
+
+    @classmethod
+    def cancel_twins(cls, activity, record_ids):
+        "Cancel the entries waiting for the opposite of the activity's event"
+        twins = activity.twins
+        if not twins:
+            return
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        for sub in grouped_slice(record_ids):
+            cursor.execute(*table.update(
+                    [table.state, table.write_date],
+                    ['cancelled', _now()],
+                    where=(table.state == 'waiting')
+                    & reduce_ids(table.activity, [a.id for a in twins])
+                    & reduce_ids(table.record, sub)))
+
+    @classmethod
+    @ModelView.button
+    def on_email_opened(cls, record_activities):
+        cls._on_event(record_activities, 'email_opened')
+
+    @classmethod
+    @ModelView.button
+    def on_email_clicked(cls, record_activities):
+        # A click reveals an open that the mail client did not report.
+        cls._on_event(record_activities, 'email_opened')
+        cls._on_event(record_activities, 'email_clicked')
+
+    @classmethod
+    def _on_event(cls, record_activities, event):
+        "Flag the event and make the children waiting for it due"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        flag = getattr(table, event)
+        ids = [r.id for r in record_activities]
+        if not ids:
+            return
+        cursor.execute(*table.select(
+                table.id, table.activity, table.record,
+                where=reduce_ids(table.id, ids)
+                & (table.state == 'done')
+                & (flag == Literal(False))))
+        rows = cursor.fetchall()
+        if not rows:
+            return
+        cursor.execute(*table.update(
+                [flag], [True],
+                where=reduce_ids(table.id, [r[0] for r in rows])))
+        Activity = Pool().get('marketing.automation.activity')
+        now = _now()
+        for activity_id, group in groupby(
+                sorted(rows, key=lambda r: r[1]), key=lambda r: r[1]):
+            record_ids = [r[2] for r in group]
+            for child in Activity(activity_id).children:
+                if child.event != event:
+                    continue
+                where = ((table.activity == child.id)
+                    & (table.state == 'waiting')
+                    & reduce_ids(table.record, record_ids))
+                if child.negative:
+                    cursor.execute(*table.update(
+                            [table.state, table.write_date],
+                            ['cancelled', now], where=where))
+                else:
+                    cursor.execute(*table.update(
+                            [table.at, table.write_date],
+                            [now + (child.delay or datetime.timedelta()),
+                                now],
+                            where=where & (table.at == Null)))
+
+
+def existing_records(Model, entered):
+    """The instances of Model among the ids of entered that still exist"""
+    ids = list(entered)
+    if not ids:
+        return []
+    with Transaction().set_context(active_test=False, _check_access=False):
+        existing = []
+        for sub in grouped_slice(ids):
+            existing.extend(Model.search([('id', 'in', list(sub))], order=[]))
+    return existing
+
+
+class Unsubscribe(Report):
+    __name__ = 'marketing.automation.unsubscribe'

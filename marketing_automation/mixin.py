@@ -1,0 +1,33 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"The public mixin that makes a model usable in marketing scenarios."
+from trytond.model import fields
+
+
+class MarketingAutomationMixin:
+    """Inherit it to let marketers build scenarios over a model.
+
+    ``marketing_party`` tells who receives the emails of a record, in which
+    language and at which address; ``marketing_access_context`` tells under
+    which groups (and company) the email templates may read the record.
+    """
+    __slots__ = ()
+
+    marketing_party = fields.Function(
+        fields.Many2One('party.party', "Marketing Party"),
+        'get_marketing_party', searcher='search_marketing_party')
+
+    def get_marketing_party(self, name):
+        raise NotImplementedError
+
+    @classmethod
+    def search_marketing_party(cls, name, clause):
+        raise NotImplementedError
+
+    @property
+    def marketing_access_context(self):
+        "The context under which templates read the record"
+        from trytond.pool import Pool
+        ModelData = Pool().get('ir.model.data')
+        return {
+            'groups': [ModelData.get_id('marketing', 'group_marketing')],
+            }

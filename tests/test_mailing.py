@@ -1,0 +1,496 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+import email
+import email.policy
+import importlib.util
+import unittest
+from datetime import datetime, timezone
+from pathlib import Path
+from unittest import mock
+from urllib.parse import parse_qs, urlsplit
+
+# the server always runs templates in the sandbox trytond puts around Genshi
+import trytond  # noqa: F401
+
+try:
+    from trytond.modules.marketing_automation import mailing
+except ImportError:
+    # the module package is not installed: load the pure file on its own
+    _path = (Path(__file__).resolve().parent.parent
+        / 'marketing_automation' / 'mailing.py')
+    _spec = importlib.util.spec_from_file_location(
+        'marketing_automation_mailing', _path)
+    mailing = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(mailing)
+
+
+def render(body, title="Hello", **context):
+    templates = mailing.compile_templates(title, body)
+    return mailing.render(templates, context)
+
+
+def rendered_html(body, **context):
+    "Render body and fill each link with a URL telling what it stands for"
+    rendered = render(body, **context)
+    urls = [
+        f'https://s.example/{link.kind}/{link.url}' for link in rendered.links]
+    return mailing.fill(rendered.html, urls)
+
+
+def parse(message):
+    "Parse message as a mail client does"
+    return email.message_from_bytes(
+        message.as_bytes(), policy=email.policy.default)
+
+
+class RenderTestCase(unittest.TestCase):
+    "Rendering the title and the body for one recipient"
+
+    def test_title_is_one_line(self):
+        rendered = render(
+            "<p/>", title="Hello\n  ${name},\r\nnews\n", name="Ann")
+
+        self.assertEqual(rendered.subject, "Hello Ann, news")
+
+    def test_title_is_not_escaped(self):
+        rendered = render("<p/>", title="${name} & co", name="<Ann>")
+
+        self.assertEqual(rendered.subject, "<Ann> & co")
+
+    def test_body_values_are_escaped(self):
+        html = rendered_html(
+            "<p>Hi ${name}</p>", name="<script>alert(1)</script>")
+
+        self.assertIn("Hi &lt;script&gt;alert(1)&lt;/script&gt;", html)
+        self.assertNotIn("<script>", html)
+
+    def test_body_fragment(self):
+        html = rendered_html(
+            "Hi <b>${name}</b>!\n<p py:for='i in range(2)'>${i}</p>",
+            name="Ann")
+
+        self.assertTrue(html.startswith("Hi <b>Ann</b>!\n<p>0</p><p>1</p>"))
+
+    def test_body_document(self):
+        html = rendered_html(
+            '<!DOCTYPE html>\n'
+            '<html xmlns="http://www.w3.org/1999/xhtml">'
+            '<body><p>${name}<br/></p></body></html>', name="Ann")
+
+        self.assertTrue(html.startswith("<!DOCTYPE html>\n<html>"))
+        self.assertIn("<p>Ann<br></p>", html)
+
+    def test_tracked_link(self):
+        rendered = render('<a href="https://example.com/?a=1&amp;b=2">Go</a>')
+        html = mailing.fill(
+            rendered.html, ['https://s.example/x?p=1&q="2"', 'https://i'])
+
+        self.assertEqual(rendered.links, (
+                (mailing.CLICK, 'https://example.com/?a=1&b=2'),
+                (mailing.OPEN, None)))
+        self.assertIn(
+            '<a href="https://s.example/x?p=1&amp;q=&quot;2&quot;">Go</a>',
+            html)
+        self.assertNotIn('example.com', html)
+
+    def test_link_from_an_expression(self):
+        rendered = render(
+            '<a href="https://example.com/${page}">Go</a>', page='news')
+
+        self.assertEqual(
+            rendered.links[0], (mailing.CLICK, 'https://example.com/news'))
+
+    def test_same_link_twice_is_one_link(self):
+        rendered = render(
+            '<a href="https://example.com">A</a>'
+            '<a href="https://example.com">B</a>')
+
+        self.assertEqual(rendered.links, (
+                (mailing.CLICK, 'https://example.com'),
+                (mailing.OPEN, None)))
+        html = mailing.fill(rendered.html, ['https://s/1', 'https://s/2'])
+        self.assertEqual(html.count('href="https://s/1"'), 2)
+
+    def test_unsubscribe_links(self):
+        rendered = render(
+            '<a href="unsubscribe">Stop</a>'
+            '<a href="unsubscribe|https://example.com/bye">Stop</a>')
+
+        self.assertEqual(rendered.links, (
+                (mailing.UNSUBSCRIBE, None),
+                (mailing.UNSUBSCRIBE, 'https://example.com/bye'),
+                (mailing.OPEN, None)))
+
+    def test_untracked_links(self):
+        body = (
+            '<a href="mailto:ann@example.com">Mail</a>'
+            '<a href="tel:+3212345678">Call</a>'
+            '<a href="#top">Top</a>'
+            '<a href="">Empty</a>'
+            '<a name="anchor">Anchor</a>')
+
+        rendered = render(body)
+
+        self.assertEqual(rendered.links, ((mailing.OPEN, None),))
+        self.assertTrue(
+            mailing.fill(rendered.html, ['https://i']).startswith(body))
+
+    def test_pixel_before_end_of_body(self):
+        html = rendered_html(
+            '<html><body><p>Hi</p></body></html>')
+
+        self.assertEqual(
+            html,
+            '<html><body><p>Hi</p>'
+            '<img src="https://s.example/open/None" width="1" height="1" '
+            'alt="" style="display:block;border:0"></body></html>')
+
+    def test_pixel_at_end_of_fragment(self):
+        html = rendered_html('<p>Hi</p>')
+
+        self.assertEqual(
+            html,
+            '<p>Hi</p><img src="https://s.example/open/None" width="1" '
+            'height="1" alt="" style="display:block;border:0">')
+
+    def test_rendering_error(self):
+        templates = mailing.compile_templates("Hi", "<p>${record.name}</p>")
+
+        with self.assertRaises(mailing.RenderError) as cm:
+            mailing.render(templates, {'record': None})
+
+        self.assertIn("UndefinedError", str(cm.exception))
+        self.assertIn('None has no member named "name"', str(cm.exception))
+
+    def test_error_of_a_context_function(self):
+        def format_number(value):
+            raise ValueError("bad number")
+        templates = mailing.compile_templates(
+            "${format_number(1)}", "<p/>")
+
+        with self.assertRaisesRegex(
+                mailing.RenderError, "ValueError: bad number"):
+            mailing.render(templates, {'format_number': format_number})
+
+    def test_error_in_title(self):
+        templates = mailing.compile_templates("${missing}", "<p/>")
+
+        with self.assertRaisesRegex(mailing.RenderError, "missing"):
+            mailing.render(templates, {})
+
+
+class CheckTestCase(unittest.TestCase):
+    "Templates refused on save"
+
+    def test_valid(self):
+        mailing.check_title("Hello ${record.rec_name}")
+        mailing.check_body("<p>Hello ${record.rec_name}</p>")
+
+    def test_invalid_title(self):
+        with self.assertRaisesRegex(mailing.TemplateError, r"\(line 1\)$"):
+            mailing.check_title("Hello ${record.rec_name(}")
+
+    def test_invalid_body(self):
+        with self.assertRaisesRegex(
+                mailing.TemplateError, "mismatched tag.*line 2"):
+            mailing.check_body("<p>\nHello <b>${name}</p>")
+
+    def test_invalid_expression_in_body(self):
+        with self.assertRaisesRegex(mailing.TemplateError, r"\(line 2\)$"):
+            mailing.check_body("<p>\n<b>${name(}</b></p>")
+
+    def test_private_attribute_refused(self):
+        for check, source in [
+                (mailing.check_title, "${record._values}"),
+                (mailing.check_body, "<p>${record.__dict__}</p>"),
+                (mailing.check_body, "<?python import os ?><p/>"),
+                ]:
+            with self.subTest(source=source):
+                with self.assertRaisesRegex(mailing.TemplateError, "invalid"):
+                    check(source)
+
+    def test_errors_are_value_errors(self):
+        self.assertTrue(issubclass(mailing.TemplateError, ValueError))
+
+
+class MJMLTestCase(unittest.TestCase):
+    "Templates written in MJML"
+
+    source = (
+        '<mjml><mj-body><mj-section><mj-column>'
+        '<mj-text>Hi ${name} <a href="https://example.com">Go</a></mj-text>'
+        '<mj-button href="unsubscribe">Stop</mj-button>'
+        '</mj-column></mj-section></mj-body></mjml>')
+
+    def test_missing_compiler(self):
+        with mock.patch.multiple(mailing, mrml=None, mjml2html=None):
+            with self.assertRaisesRegex(
+                    mailing.TemplateError, "no MJML compiler is installed"):
+                mailing.check_body(self.source)
+
+    def assertConverted(self):
+        rendered = render(self.source, name="<Ann>")
+
+        self.assertTrue(rendered.html.startswith('<!DOCTYPE html>'))
+        self.assertNotIn('<mj-', rendered.html)
+        self.assertIn("Hi &lt;Ann&gt;", rendered.html)
+        self.assertEqual(rendered.links, (
+                (mailing.CLICK, 'https://example.com'),
+                (mailing.UNSUBSCRIBE, None),
+                (mailing.OPEN, None)))
+        self.assertRegex(rendered.html, r'<img src="[^"]*"[^>]*></body>')
+
+    @unittest.skipUnless(mailing.mrml, "mrml is not installed")
+    def test_conversion_with_mrml(self):
+        self.assertConverted()
+
+    @unittest.skipUnless(mailing.mjml2html, "mjml-python is not installed")
+    def test_conversion_with_mjml_python(self):
+        with mock.patch.object(mailing, 'mrml', None):
+            self.assertConverted()
+
+    @unittest.skipUnless(
+        mailing.mrml or mailing.mjml2html, "no MJML compiler installed")
+    def test_invalid_mjml(self):
+        with self.assertRaisesRegex(mailing.TemplateError, "MJML"):
+            mailing.check_body('<mjml><mj-body><mj-text>')
+
+
+class TextTestCase(unittest.TestCase):
+    "The plain-text part"
+
+    html = (
+        '<html><head><title>News</title><style>p {color: red}</style></head>'
+        '<body><h1>News</h1><p>Hello Ann,</p>'
+        '<p><a href="https://s.example/aVeryLongTokenThatMustNotBeWrapped'
+        '?and=some&amp;more=parameters">Read</a></p>'
+        '<img src="https://s.example/pixel" width="1" height="1" alt=""/>'
+        '</body></html>')
+
+    def assertText(self, text):
+        self.assertIn("News", text)
+        self.assertIn("Hello Ann,", text)
+        self.assertIn(
+            "https://s.example/aVeryLongTokenThatMustNotBeWrapped"
+            "?and=some&more=parameters", text)
+        self.assertNotIn("pixel", text)
+        self.assertNotIn("color", text)
+
+    @unittest.skipUnless(mailing.html2text, "html2text is not installed")
+    def test_html2text(self):
+        self.assertText(mailing.html_to_text(self.html))
+
+    def test_without_html2text(self):
+        with mock.patch.object(mailing, 'html2text', None):
+            self.assertText(mailing.html_to_text(self.html))
+
+
+class MessageTestCase(unittest.TestCase):
+    "The MIME message, read back as a mail client does"
+
+    def build(self, html="<p>Héllo</p>", text="Héllo", **kwargs):
+        kwargs.setdefault('message_id', mailing.message_id('abc', 'shop.be'))
+        return parse(mailing.build_message(
+                'Shop <news@shop.be>', 'Ann <ann@example.com>', "Sübject",
+                html, text, **kwargs))
+
+    def test_parts(self):
+        message = self.build()
+
+        self.assertEqual(message.get_content_type(), 'multipart/alternative')
+        plain, html = message.iter_parts()
+        self.assertEqual(plain.get_content_type(), 'text/plain')
+        self.assertEqual(plain.get_content(), "Héllo\n")
+        self.assertEqual(html.get_content_type(), 'text/html')
+        self.assertEqual(html.get_content(), "<p>Héllo</p>\n")
+
+    def test_without_text(self):
+        message = self.build(text='')
+
+        self.assertEqual(message.get_content_type(), 'text/html')
+        self.assertEqual(message.get_content(), "<p>Héllo</p>\n")
+
+    def test_headers(self):
+        date = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+        message = self.build(
+            unsubscribe='https://shop.be/m/ZGI/unsubscribe?r=abc',
+            language='fr_BE', date=date)
+
+        self.assertEqual(message['From'], 'Shop <news@shop.be>')
+        self.assertEqual(message['To'], 'Ann <ann@example.com>')
+        self.assertEqual(message['Subject'], "Sübject")
+        self.assertEqual(message['Message-ID'], '<abc@shop.be>')
+        self.assertEqual(message['Date'].datetime, date)
+        self.assertEqual(message['Auto-Submitted'], 'auto-generated')
+        self.assertEqual(
+            message['List-Unsubscribe'],
+            '<https://shop.be/m/ZGI/unsubscribe?r=abc>')
+        self.assertEqual(
+            message['List-Unsubscribe-Post'], 'List-Unsubscribe=One-Click')
+        self.assertEqual(message['Content-Language'], 'fr-BE')
+
+    def test_without_unsubscribe(self):
+        message = self.build()
+
+        self.assertNotIn('List-Unsubscribe', message)
+        self.assertNotIn('List-Unsubscribe-Post', message)
+        self.assertNotIn('Content-Language', message)
+
+    def test_international_recipient(self):
+        message = parse(mailing.build_message(
+                'news@shop.be',
+                mailing.format_recipient("Zoë Dœ, Jr.", 'zoe@exämple.com'),
+                "Ünïcode ✓", "<p/>", message_id='<a@b>'))
+
+        self.assertEqual(message['To'].addresses[0].display_name,
+            "Zoë Dœ, Jr.")
+        self.assertEqual(message['To'].addresses[0].addr_spec,
+            'zoe@xn--exmple-cua.com')
+        self.assertEqual(message['Subject'], "Ünïcode ✓")
+        self.assertTrue(message.as_bytes().isascii())
+
+    def test_long_line(self):
+        html = '<p>' + ' '.join(['wörd'] * 1250) + '</p>'
+
+        message = self.build(html=html, text=html)
+
+        for line in message.as_bytes().splitlines():
+            self.assertLessEqual(len(line), 998)
+        self.assertEqual(
+            message.get_body('html').get_content(), html + '\n')
+
+    def test_format_recipient(self):
+        self.assertEqual(
+            mailing.format_recipient("Ann", 'ann@exämple.com'),
+            'Ann <ann@xn--exmple-cua.com>')
+        self.assertEqual(
+            mailing.format_recipient("Doe, Ann", 'ann@example.com'),
+            '"Doe, Ann" <ann@example.com>')
+        self.assertEqual(
+            mailing.format_recipient(None, 'ann@example.com'),
+            'ann@example.com')
+
+    def test_format_recipient_invalid(self):
+        for address in ['', 'ann', 'ann@', '@example.com']:
+            with self.subTest(address=address):
+                with self.assertRaises(ValueError):
+                    mailing.format_recipient("Ann", address)
+
+    def test_message_id(self):
+        self.assertEqual(
+            mailing.message_id('a1b2', 'exämple.com'),
+            '<a1b2@xn--exmple-cua.com>')
+
+
+class SignatureTestCase(unittest.TestCase):
+    "Signing the unsubscribe next URL"
+
+    secret = b'0123456789abcdef0123456789abcdef'
+    uuid = '0123456789abcdef0123456789abcdef'
+    next = 'https://shop.be/bye'
+
+    def test_verify(self):
+        signature = mailing.sign(self.secret, self.uuid, self.next)
+
+        self.assertTrue(
+            mailing.verify(self.secret, signature, self.uuid, self.next))
+
+    def test_tampered(self):
+        signature = mailing.sign(self.secret, self.uuid, self.next)
+
+        for secret, uuid, next in [
+                (b'another secret', self.uuid, self.next),
+                (self.secret, 'f' + self.uuid[1:], self.next),
+                (self.secret, self.uuid, 'https://evil.example/'),
+                (self.secret, self.uuid + self.next, ''),
+                (self.secret, self.uuid, None),
+                ]:
+            with self.subTest(secret=secret, uuid=uuid, next=next):
+                self.assertFalse(mailing.verify(secret, signature, uuid, next))
+
+    def test_garbage_signature(self):
+        signature = mailing.sign(self.secret, self.uuid, self.next)
+
+        for garbage in [
+                None, '', 'x', signature[:-1], signature + 'A', 'é' * 22,
+                '\x00' * 22, 42, signature.encode()]:
+            with self.subTest(garbage=garbage):
+                self.assertFalse(
+                    mailing.verify(self.secret, garbage, self.uuid, self.next))
+
+    def test_unsubscribe_url(self):
+        self.assertEqual(
+            mailing.unsubscribe_url('https://shop.be/', 'db', self.uuid),
+            f'https://shop.be/m/ZGI/unsubscribe?r={self.uuid}')
+
+    def test_unsubscribe_url_with_next(self):
+        url = urlsplit(mailing.unsubscribe_url(
+                'https://shop.be', 'db', self.uuid,
+                next='https://shop.be/bye?a=1&b=2', secret=self.secret))
+        query = {k: v for k, [v] in parse_qs(url.query).items()}
+
+        self.assertEqual(url.path, '/m/ZGI/unsubscribe')
+        self.assertEqual(query['r'], self.uuid)
+        self.assertEqual(query['next'], 'https://shop.be/bye?a=1&b=2')
+        self.assertEqual(
+            mailing.checked_next(
+                self.secret, query['r'], query['next'], query['s']),
+            'https://shop.be/bye?a=1&b=2')
+
+    def test_checked_next_unsigned(self):
+        self.assertIsNone(
+            mailing.checked_next(self.secret, self.uuid, self.next, None))
+        self.assertIsNone(
+            mailing.checked_next(self.secret, self.uuid, None, None))
+
+    def test_checked_next_refuses_other_schemes(self):
+        for next in [
+                'javascript:alert(1)', 'JavaScript:alert(1)',
+                'data:text/html,x', 'ftp://shop.be/', '//evil.example/',
+                '/local', 'http:evil.example', 'http://[broken']:
+            signature = mailing.sign(self.secret, self.uuid, next)
+            with self.subTest(next=next):
+                self.assertIsNone(mailing.checked_next(
+                        self.secret, self.uuid, next, signature))
+
+
+class TokenTestCase(unittest.TestCase):
+    "Identifiers of the recipient's links"
+
+    def test_new_token(self):
+        tokens = {mailing.new_token() for _ in range(100)}
+
+        self.assertEqual(len(tokens), 100)
+        self.assertTrue(all(map(mailing.is_token, tokens)))
+
+    def test_is_token_refuses_garbage(self):
+        token = mailing.new_token()
+        for garbage in [
+                None, 42, '', token[:-1], token + 'a', token[:-1] + '/',
+                token[:-1] + 'é', "1' OR '1'='1", 'x' * 1000]:
+            with self.subTest(garbage=garbage):
+                self.assertFalse(mailing.is_token(garbage))
+
+    def test_is_uuid(self):
+        self.assertTrue(mailing.is_uuid('0123456789abcdef0123456789abcdef'))
+        for garbage in [
+                None, '', '0123456789abcdef0123456789abcdeg',
+                '0123456789abcdef', '0123456789abcdef0123456789abcdef0']:
+            with self.subTest(garbage=garbage):
+                self.assertFalse(mailing.is_uuid(garbage))
+
+
+class SparklineTestCase(unittest.TestCase):
+    "The trend of a rate"
+
+    def test_sparkline(self):
+        self.assertEqual(mailing.sparkline([0, 1, 2, 3, 4, 5, 6, 7]),
+            '▁▂▃▄▅▆▇█')
+
+    def test_scaled_to_maximum(self):
+        self.assertEqual(mailing.sparkline([0.1, 0.2]), '▅█')
+
+    def test_none_and_zero(self):
+        self.assertEqual(mailing.sparkline([None, 0, 0]), '▁▁▁')
+
+    def test_empty(self):
+        self.assertEqual(mailing.sparkline([]), '')
