@@ -42,9 +42,12 @@ import re
 import secrets
 from collections import namedtuple
 from datetime import datetime, timezone
+from email.charset import QP, Charset
+from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr, parseaddr
 from functools import partial
 from io import StringIO
 from itertools import chain
@@ -73,10 +76,11 @@ except ImportError:
 __all__ = [
     'TemplateError', 'RenderError', 'Templates', 'Rendered', 'Link',
     'CLICK', 'UNSUBSCRIBE', 'OPEN',
-    'compile_templates', 'check_title', 'check_body', 'render', 'fill',
-    'html_to_text', 'format_recipient', 'message_id', 'build_message',
+    'compile_title', 'compile_body', 'compile_templates', 'check_title',
+    'check_body', 'render', 'fill',
+    'html_to_text', 'format_recipient', 'message_id', 'build_message', 'message_bytes',
     'sign', 'verify', 'unsubscribe_url', 'checked_next',
-    'new_token', 'is_token', 'is_uuid', 'sparkline']
+    'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline']
 
 CLICK, UNSUBSCRIBE, OPEN = 'click', 'unsubscribe', 'open'
 
@@ -174,6 +178,8 @@ def render(templates, context):
 
     Raise RenderError when the templates fail with this context."""
     links = {}
+    context = dict(context)
+    context.setdefault('short', partial(_placeholder, links, CLICK))
     try:
         subject = templates.title.generate(**context).render(
             'text', encoding=None)
@@ -197,7 +203,7 @@ def _link(links, href):
     if href == UNSUBSCRIBE or href.startswith(UNSUBSCRIBE + '|'):
         next_ = href[len(UNSUBSCRIBE) + 1:].strip() or None
         return _placeholder(links, UNSUBSCRIBE, next_)
-    if not href or href.startswith('#'):
+    if not href or href.startswith('#') or _PLACEHOLDER_RE.fullmatch(href):
         return None
     if urlsplit(href).scheme.lower() in _UNTRACKED_SCHEMES:
         return None
@@ -282,13 +288,17 @@ def _idna(domain):
         raise ValueError(f"Invalid domain: {domain!r}") from exception
 
 
-def format_recipient(name, address):
-    "Return 'name <address>' with the domain of address encoded in IDNA"
+def _split_address(address):
+    "Return the user name and the IDNA domain of address"
     username, _, domain = address.strip().rpartition('@')
     if not username or not domain:
         raise ValueError(f"Invalid email address: {address!r}")
-    # the message encodes a non-ASCII name when it is sent
-    return str(Address(name or '', username, _idna(domain)))
+    return username, _idna(domain)
+
+
+def format_recipient(name, address):
+    "Return 'name <address>' with the domain of address encoded in IDNA"
+    return str(Address(name or '', *_split_address(address)))
 
 
 def message_id(token, domain):
@@ -296,34 +306,50 @@ def message_id(token, domain):
     return f'<{token}@{_idna(domain)}>'
 
 
+def _address_header(address):
+    name, address = parseaddr(address)
+    return formataddr((name, '@'.join(_split_address(address))), 'utf-8')
+
+
+# quoted-printable keeps every line short whatever the template
+_UTF8_QP = Charset('utf-8')
+_UTF8_QP.body_encoding = QP
+
+
 def build_message(
         from_addr, to_addr, subject, html, text=None, *, message_id,
         unsubscribe=None, language=None, date=None):
-    """Return the multipart/alternative email.message.EmailMessage
+    """Return the email.message.Message of an email
 
     from_addr and to_addr are addresses optionally with a name
-    ('Name <address>'); unsubscribe is the one-click unsubscribe URL;
-    language is the Tryton code of the recipient's language."""
-    message = EmailMessage()
-    message['From'] = format_recipient(*parseaddr(from_addr))
-    message['To'] = format_recipient(*parseaddr(to_addr))
-    message['Subject'] = subject
+    ('Name <address>'); text is the plain-text alternative of html;
+    unsubscribe is the one-click unsubscribe URL; language is the Tryton
+    code of the recipient's language."""
+    html_part = MIMEText(html, 'html', _UTF8_QP)
+    if text:
+        message = MIMEMultipart('alternative')
+        message.attach(MIMEText(text, 'plain', _UTF8_QP))
+        message.attach(html_part)
+    else:
+        message = html_part
+    message['From'] = _address_header(from_addr)
+    message['To'] = _address_header(to_addr)
+    message['Subject'] = (
+        subject if subject.isascii() else Header(subject, 'utf-8'))
     message['Date'] = format_datetime(date or datetime.now(timezone.utc))
     message['Message-ID'] = message_id
     message['Auto-Submitted'] = 'auto-generated'
     if unsubscribe:
         message['List-Unsubscribe'] = f'<{unsubscribe}>'
         message['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'
-    # quoted-printable keeps every line short whatever the template
-    if text:
-        message.set_content(text, cte='quoted-printable')
-        message.add_alternative(html, subtype='html', cte='quoted-printable')
-    else:
-        message.set_content(html, subtype='html', cte='quoted-printable')
-    # after the content, which replaces every Content-* header
     if language:
         message['Content-Language'] = language.replace('_', '-')
     return message
+
+
+def message_bytes(message):
+    "Return the bytes of message as SMTP carries them (CRLF line ends)"
+    return message.as_bytes(policy=message.policy.clone(linesep='\r\n'))
 
 
 def _digest(secret, parts):
@@ -388,6 +414,11 @@ _TOKEN_RE = re.compile(r'[A-Za-z0-9_-]{22}')
 _UUID_RE = re.compile(r'[0-9a-f]{32}')
 
 
+def new_secret():
+    "Return a new random key for sign"
+    return secrets.token_urlsafe(32)
+
+
 def new_token():
     "Return an unguessable URL-safe token of 128 random bits"
     return secrets.token_urlsafe(16)
@@ -413,4 +444,4 @@ def sparkline(values):
     if not top:
         return _BARS[0] * len(values)
     return ''.join(
-        _BARS[round(value / top * (len(_BARS) - 1))] for value in values)
+        _BARS[int(value / top * (len(_BARS) - 1) + 0.5)] for value in values)

@@ -33,6 +33,7 @@ from trytond.report import Report
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
+from . import mailing, marketing_automation_email
 from .exceptions import ActivityError, ConditionError, DomainError
 from .mixin import MarketingAutomationMixin
 
@@ -68,19 +69,6 @@ def _condition_holds(condition, record):
 
 def _round_rate(numerator, denominator):
     return round(numerator / denominator, 2) if denominator else 0.
-
-
-def _sparkline(values):
-    bars = '▁▂▃▄▅▆▇█'
-    values = [v or 0 for v in values]
-    if not values:
-        return ''
-    top = max(values)
-    if not top:
-        return bars[0] * len(values)
-    return ''.join(
-        bars[min(int(v / top * (len(bars) - 1) + 0.5), len(bars) - 1)]
-        for v in values)
 
 
 def _trend_periods(period=None):
@@ -315,7 +303,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
                 series[scenario_id][_as_date(start)] = _round_rate(
                     blocked or 0, count)
         return {
-            s: _sparkline([values.get(d, 0) for d in starts])
+            s: mailing.sparkline([values.get(d, 0) for d in starts])
             for s, values in series.items()}
 
     @classmethod
@@ -411,9 +399,9 @@ class Scenario(Workflow, ModelSQL, ModelView):
             cursor.execute(*record.select(
                     record.id, record.record,
                     where=record.uuid.in_(uuids)))
-            entered = {int(r.split(',')[1]): i for i, r in cursor}
             RecordActivity = pool.get('marketing.automation.record.activity')
-            RecordActivity.schedule(roots, entered, self.model)
+            RecordActivity.schedule(roots, [
+                    (i, Model(int(r.split(',')[1]))) for i, r in cursor])
 
     @classmethod
     def unsubscribe(cls, records):
@@ -700,62 +688,76 @@ class Activity(ModelSQL, ModelView):
                     exception=exception)) from exception
 
     def check_send_email(self):
-        from . import email_action
-        email_action.check_templates(self)
+        marketing_automation_email.check_templates(self)
 
     def condition_holds(self, record):
         return not self.condition or _condition_holds(self.condition, record)
 
     def do(self, entries):
-        """Run the activity for its due entries and enter their records
-        into the children.
+        """Run the activity for its due entries.
 
         entries are (record activity id, record id, reference) tuples.
         Returns a dictionary: record activity id → why its action was not
-        done."""
+        done, and the ids of the entries whose action finishes later (their
+        emails wait for delivery)."""
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
-        model_name = entries[0][2].split(',')[0]
-        Model = pool.get(model_name)
-        entered = {
-            int(reference.split(',')[1]): record_id
-            for _, record_id, reference in entries}
-        entry_of = {record_id: entry_id for entry_id, record_id, _ in entries}
-        underlying = existing_records(Model, entered)
+        underlying = _underlying_records(entries)
 
         errors = {}
-        gone = set(entered.values()) - {entered[r.id] for r in underlying}
-        for record_id in gone:
-            errors[entry_of[record_id]] = gettext(
+        gone = {e[0] for e in entries} - set(underlying)
+        for entry_id in gone:
+            errors[entry_id] = gettext(
                 'marketing_automation.msg_record_activity_record_deleted')
         todo = []
-        for record in underlying:
-            entry_id = entry_of[entered[record.id]]
+        for entry_id, record in underlying.items():
             if self.condition_holds(record):
                 todo.append(entry_id)
             else:
                 errors[entry_id] = gettext(
                     'marketing_automation'
                     '.msg_record_activity_condition_false')
+        deferred = set()
         if todo:
-            errors.update(self.execute(RecordActivity.browse(todo)))
+            action_errors, deferred = self.execute(
+                RecordActivity.browse(todo))
+            errors.update(action_errors)
+        self.enter_children(
+            [e for e in entries if e[0] not in deferred], underlying)
+        return errors, deferred
+
+    def enter_children(self, entries, underlying=None):
+        """Enter the records of the done entries into the children.
+
+        entries are (record activity id, record id, reference) tuples;
+        underlying maps their ids to the instances of the records when the
+        caller has them."""
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        if not self.children or not entries:
+            return
+        if underlying is None:
+            underlying = _underlying_records(entries)
+        record_of = {e[0]: e[1] for e in entries}
         RecordActivity.schedule(
-            self.children, {r.id: entered[r.id] for r in underlying},
-            model_name, underlying=underlying)
-        return errors
+            self.children,
+            [(record_of[i], r) for i, r in underlying.items()
+                if i in record_of])
 
     def execute(self, record_activities):
         """Run the action on the record activities whose records exist.
 
         Returns a dictionary: record activity id → error message, for the
-        entries whose action could not be done."""
+        entries whose action could not be done, and the ids of the entries
+        whose action finishes later."""
         if not self.action:
-            return {}
+            return {}, set()
         return getattr(self, 'execute_%s' % self.action)(record_activities)
 
     def execute_send_email(self, record_activities):
-        from . import email_action
-        return email_action.send(self, record_activities)
+        errors, _ = marketing_automation_email.prepare(
+            self, record_activities)
+        return errors, {r.id for r in record_activities} - set(errors)
 
     @classmethod
     def get_statistics(cls, activities, names):
@@ -828,7 +830,7 @@ class Activity(ModelSQL, ModelView):
         result = {n: {} for n in names}
         for activity_id, values in series.items():
             for name in names:
-                result[name][activity_id] = _sparkline([
+                result[name][activity_id] = mailing.sparkline([
                         rate(name, *values.get(d, (0, 0, 0)))
                         for d in starts])
         return result
@@ -1044,20 +1046,16 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ]
 
     @classmethod
-    def schedule(cls, activities, entered, model_name, underlying=None):
+    def schedule(cls, activities, records):
         """Create the waiting entries of the activities for the records.
 
-        entered maps the id of each underlying record to the id of its
-        marketing record; underlying are the instances of these records when
-        the caller has them.  Activities whose condition is false for a
-        record are not entered for it."""
-        pool = Pool()
+        records are (marketing record id, underlying record) pairs.  An
+        activity whose condition is false for a record does not get it."""
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         table = cls.__table__()
-        if not activities or not entered:
+        if not activities or not records:
             return
-        Model = pool.get(model_name)
         now = _now()
         rows = []
         for activity in activities:
@@ -1065,17 +1063,11 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 at = None
             else:
                 at = now + (activity.delay or datetime.timedelta())
-            if activity.condition:
-                if underlying is None:
-                    underlying = existing_records(Model, entered)
-                record_ids = [entered[r.id] for r in underlying
-                    if activity.condition_holds(r)]
-            else:
-                record_ids = entered.values()
             rows.extend(
-                [transaction.user, now, r, activity.id, 'waiting', at,
+                [transaction.user, now, record_id, activity.id, 'waiting', at,
                     False, False, False]
-                for r in record_ids)
+                for record_id, record in records
+                if activity.condition_holds(record))
         on_conflict = None
         if transaction.database.has_insert_on_conflict():
             from sql import Conflict
@@ -1093,20 +1085,28 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         Scenario = pool.get('marketing.automation.scenario')
+        Email = pool.get('marketing.automation.email')
         table = cls.__table__()
         record = Record.__table__()
         scenario = Scenario.__table__()
+        email = Email.__table__()
         return table, record, scenario, (
             table.join(record, condition=table.record == record.id)
             .join(scenario, condition=record.scenario == scenario.id)), (
             (table.state == 'waiting')
             & (table.at != Null) & (table.at <= now)
             & (scenario.state == 'running')
-            & (record.blocked == Literal(False)))
+            & (record.blocked == Literal(False))
+            & ~Exists(email.select(
+                    Literal(1), where=email.record_activity == table.id)))
 
     @classmethod
     def process(cls):
-        "Queue the due record activities of the running scenarios"
+        """Queue the due record activities of the running scenarios and the
+        emails that wait for another attempt"""
+        pool = Pool()
+        Email = pool.get('marketing.automation.email')
+        Email.ready()
         cursor = Transaction().connection.cursor()
         table, _, _, from_, due = cls._due_query(_now())
         size = batch_size()
@@ -1156,29 +1156,77 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         if not rows:
             return
 
-        done, errors = [], {}
+        done, errors, deferred = [], {}, set()
         for activity_id, group in groupby(rows, key=lambda r: r[1]):
             group = list(group)
             activity = Activity(activity_id)
-            done.extend(r[0] for r in group)
             cls.cancel_twins(activity, [r[2] for r in group])
-            errors.update(activity.do(
-                    [(r[0], r[2], r[3]) for r in group]))
+            activity_errors, activity_deferred = activity.do(
+                [(r[0], r[2], r[3]) for r in group])
+            errors.update(activity_errors)
+            deferred |= activity_deferred
+            done.extend(r[0] for r in group if r[0] not in activity_deferred)
+        cls._write_done(done, errors)
+        if deferred:
+            Email = pool.get('marketing.automation.email')
+            Email.__queue__.deliver(
+                Email.search([('record_activity', 'in', list(deferred))]))
 
-        for sub in grouped_slice(done):
+    @classmethod
+    def _write_done(cls, ids, errors, sent=()):
+        """Mark done the record activities of ids, with the errors that kept
+        their action from being done"""
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        table = cls.__table__()
+        now = _now()
+        for sub in grouped_slice(ids):
             cursor.execute(*table.update(
                     [table.state, table.at, table.write_uid,
                         table.write_date],
                     ['done', now, transaction.user, now],
                     where=reduce_ids(table.id, sub)))
+        for sub in grouped_slice(sent):
+            cursor.execute(*table.update(
+                    [table.email_sent, table.error], [True, Null],
+                    where=reduce_ids(table.id, sub)))
         by_error = defaultdict(list)
         for record_activity_id, error in errors.items():
-            by_error[error].append(record_activity_id)
-        for error, ids in by_error.items():
-            for sub in grouped_slice(ids):
+            if error:
+                by_error[error].append(record_activity_id)
+        for error, error_ids in by_error.items():
+            for sub in grouped_slice(error_ids):
                 cursor.execute(*table.update(
                         [table.error], [error],
                         where=reduce_ids(table.id, sub)))
+
+    @classmethod
+    def complete(cls, errors, sent):
+        """Mark done the record activities whose action finished later and
+        enter their records into the children.
+
+        errors maps the ids of these record activities to the error that
+        kept their action from being done (or None); sent are the ids of
+        those whose email the server accepted."""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        Record = pool.get('marketing.automation.record')
+        table = cls.__table__()
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        ids = list(errors)
+        cls._write_done(ids, errors, sent)
+        rows = []
+        for sub in grouped_slice(ids):
+            cursor.execute(*table.join(
+                    record, condition=table.record == record.id).select(
+                    table.id, table.activity, table.record, record.record,
+                    where=reduce_ids(table.id, sub)))
+            rows.extend(cursor)
+        rows.sort(key=lambda r: r[1])
+        for activity_id, group in groupby(rows, key=lambda r: r[1]):
+            Activity(activity_id).enter_children(
+                [(r[0], r[2], r[3]) for r in group])
 
     @classmethod
     def cancel_twins(cls, activity, record_ids):
@@ -1251,16 +1299,25 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                             where=where & (table.at == Null)))
 
 
-def existing_records(Model, entered):
-    """The instances of Model among the ids of entered that still exist"""
-    ids = list(entered)
-    if not ids:
-        return []
+def _underlying_records(entries):
+    """The instances of the records of the entries that still exist, by
+    record activity id.
+
+    entries are (record activity id, record id, reference) tuples."""
+    pool = Pool()
+    by_model = defaultdict(dict)
+    for entry_id, _, reference in entries:
+        model_name, record_id = reference.split(',')
+        by_model[model_name][int(record_id)] = entry_id
+    underlying = {}
     with Transaction().set_context(active_test=False, _check_access=False):
-        existing = []
-        for sub in grouped_slice(ids):
-            existing.extend(Model.search([('id', 'in', list(sub))], order=[]))
-    return existing
+        for model_name, entry_of in by_model.items():
+            Model = pool.get(model_name)
+            for sub in grouped_slice(list(entry_of)):
+                for record in Model.search(
+                        [('id', 'in', list(sub))], order=[]):
+                    underlying[entry_of[record.id]] = record
+    return underlying
 
 
 class Unsubscribe(Report):

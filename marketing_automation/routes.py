@@ -1,19 +1,136 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"The routes a recipient's mail client and browser reach."
-from trytond.protocols.wrappers import Response
+"""The routes a recipient's mail client and browser reach.
+
+Whatever a stranger sends them, they answer 4xx and change nothing: the
+database name and the tokens are checked for their shape before anything is
+looked up, and a GET never unsubscribes (unless configured to)."""
+import base64
+import binascii
+from urllib.parse import urlencode
+
+from werkzeug.routing import BaseConverter, ValidationError
+
+from trytond.config import config
+from trytond.protocols.wrappers import (
+    HTTPStatus, Response, abort, redirect, with_pool, with_transaction)
 from trytond.tools import file_open
+from trytond.transaction import Transaction
 from trytond.wsgi import app
+
+from . import mailing
 
 with file_open('marketing_automation/empty.gif', mode='rb') as _file:
     EMPTY_GIF = _file.read()
+NO_CACHE = {
+    'Cache-Control': 'no-store, no-cache, must-revalidate, max-age=0',
+    'Pragma': 'no-cache',
+    'Expires': '0',
+    }
+
+
+class DatabaseConverter(BaseConverter):
+    "A database name in URL-safe base64 that refuses what does not decode"
+
+    def to_python(self, value):
+        try:
+            value += '=' * (-len(value) % 4)
+            name = base64.urlsafe_b64decode(value.encode('ascii')).decode(
+                'utf-8')
+        except (binascii.Error, UnicodeError, ValueError):
+            raise ValidationError()
+        if not name or not name.isprintable():
+            raise ValidationError()
+        return name
+
+    def to_url(self, value):
+        return base64.urlsafe_b64encode(
+            value.encode('utf-8')).decode('ascii').rstrip('=')
+
+
+app.url_map.converters['marketing_database'] = DatabaseConverter
 
 
 @app.route('/m/empty.gif', methods={'GET', 'HEAD'})
 def empty_gif(request):
-    response = Response(EMPTY_GIF, mimetype='image/gif')
-    # Every open must reach the server: no cache may keep the image.
-    response.headers['Cache-Control'] = (
-        'no-store, no-cache, must-revalidate, max-age=0')
-    response.headers['Pragma'] = 'no-cache'
-    response.headers['Expires'] = '0'
-    return response
+    return Response(EMPTY_GIF, mimetype='image/gif', headers=NO_CACHE)
+
+
+@app.route(
+    '/m/<marketing_database:database_name>/l/<token>',
+    methods={'GET', 'HEAD'})
+@with_pool
+@with_transaction(readonly=False)
+def tracked_link(request, pool, token):
+    ShortenedURL = pool.get('web.shortened_url')
+    shortened = ShortenedURL.get_by_token(token)
+    if shortened is None:
+        abort(HTTPStatus.NOT_FOUND)
+    # Scanners probe links with HEAD: it must not count as a visit.
+    if request.method == 'GET':
+        url = shortened.access()
+    else:
+        url = shortened.redirect_url
+    if shortened.method and shortened.method.endswith('|on_email_opened'):
+        return redirect(url, code=HTTPStatus.FOUND, Response=_NoCacheResponse)
+    return redirect(url, code=HTTPStatus.MOVED_PERMANENTLY)
+
+
+class _NoCacheResponse(Response):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.headers.update(NO_CACHE)
+
+
+@app.route(
+    '/m/<marketing_database:database_name>/unsubscribe',
+    methods={'GET', 'POST', 'HEAD'})
+@with_pool
+@with_transaction(readonly=False)
+def unsubscribe(request, pool):
+    pool_get = pool.get
+    Record = pool_get('marketing.automation.record')
+    Scenario = pool_get('marketing.automation.scenario')
+    Secret = pool_get('marketing.automation.email.secret')
+    Unsubscribe = pool_get('marketing.automation.unsubscribe', type='report')
+
+    uuid = request.args.get('r')
+    if not mailing.is_uuid(uuid):
+        abort(HTTPStatus.BAD_REQUEST)
+    records = Record.search([('uuid', '=', uuid)], limit=1)
+    if not records:
+        abort(HTTPStatus.NOT_FOUND)
+    record, = records
+    next_ = request.args.get('next')
+    if next_:
+        next_ = mailing.checked_next(
+            Secret.get(), uuid, next_, request.args.get('s'))
+
+    if request.method == 'HEAD':
+        return Response(status=HTTPStatus.OK, mimetype='text/html')
+    acting = (request.method == 'POST'
+        or not config.getboolean(
+            'marketing', 'unsubscribe_confirm', default=True))
+    if acting:
+        Scenario.unsubscribe([record])
+        if (request.method == 'POST'
+                and request.form.get('List-Unsubscribe') == 'One-Click'):
+            return Response(
+                'Unsubscribed', status=HTTPStatus.OK, mimetype='text/plain')
+        if next_:
+            return redirect(next_, code=HTTPStatus.SEE_OTHER)
+    query = {'r': uuid}
+    if next_:
+        query['next'] = next_
+        query['s'] = request.args.get('s')
+    data = {
+        'action': 'done' if acting else 'confirm',
+        'url': '%s?%s' % (request.path, urlencode(query)),
+        }
+    with Transaction().set_context(
+            language=record.language or config.get(
+                'database', 'language', default='en')):
+        _, content, _, _ = Unsubscribe.execute([record.id], data)
+    return Response(content, mimetype='text/html', headers={
+            'Cache-Control': 'no-store',
+            'X-Robots-Tag': 'noindex',
+            })

@@ -128,10 +128,12 @@ class ProgressResult(unittest.TestResult):
         self._current = None
         self._start = None
         self._outcome = None
+        # (kind, test, traceback) in the order the problems happened
+        self.problems = []
 
     def _write(self, test, outcome, duration, detail=''):
         if detail:
-            detail = f' ({detail})'
+            detail = f' {detail}'
         self.stream.write(
             f'{test.id()} ... {outcome}{detail} [{duration:.2f}s]\n')
         self.stream.flush()
@@ -176,15 +178,17 @@ class ProgressResult(unittest.TestResult):
 
     def addFailure(self, test, err):
         super().addFailure(test, err)
+        self.problems.append(('FAIL', test, self.failures[-1][1]))
         self._set_outcome(test, 'FAIL')
 
     def addError(self, test, err):
         super().addError(test, err)
+        self.problems.append(('ERROR', test, self.errors[-1][1]))
         self._set_outcome(test, 'ERROR')
 
     def addSkip(self, test, reason):
         super().addSkip(test, reason)
-        self._set_outcome(test, 'skip', reason)
+        self._set_outcome(test, 'skip', f'({reason})')
 
     def addExpectedFailure(self, test, err):
         super().addExpectedFailure(test, err)
@@ -198,19 +202,18 @@ class ProgressResult(unittest.TestResult):
         super().addSubTest(test, subtest, err)
         if err is not None:
             if issubclass(err[0], test.failureException):
-                outcome = 'FAIL'
+                outcome, traceback = 'FAIL', self.failures[-1][1]
             else:
-                outcome = 'ERROR'
+                outcome, traceback = 'ERROR', self.errors[-1][1]
+            self.problems.append((outcome, subtest, traceback))
             self._set_outcome(test, outcome, subtest._subDescription())
 
     def print_failures(self):
-        for kind, problems in [
-                ('ERROR', self.errors), ('FAIL', self.failures)]:
-            for test, traceback in problems:
-                self.stream.write('=' * 70 + '\n')
-                self.stream.write(f'{kind}: {test.id()}\n')
-                self.stream.write('-' * 70 + '\n')
-                self.stream.write(traceback + '\n')
+        for kind, test, traceback in self.problems:
+            self.stream.write('=' * 70 + '\n')
+            self.stream.write(f'{kind}: {test.id()}\n')
+            self.stream.write('-' * 70 + '\n')
+            self.stream.write(traceback + '\n')
         for test in self.unexpectedSuccesses:
             self.stream.write('=' * 70 + '\n')
             self.stream.write(f'UNEXPECTED SUCCESS: {test.id()}\n')

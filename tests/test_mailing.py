@@ -5,6 +5,7 @@ import importlib.util
 import unittest
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
@@ -161,6 +162,16 @@ class RenderTestCase(unittest.TestCase):
         self.assertIn("UndefinedError", str(cm.exception))
         self.assertIn('None has no member named "name"', str(cm.exception))
 
+    def test_templates_serve_again_after_an_error(self):
+        templates = mailing.compile_templates("Hi", "<p>${record.name}</p>")
+        with self.assertRaises(mailing.RenderError):
+            mailing.render(templates, {'record': None})
+
+        rendered = mailing.render(
+            templates, {'record': SimpleNamespace(name="Ann")})
+
+        self.assertIn("<p>Ann</p>", rendered.html)
+
     def test_error_of_a_context_function(self):
         def format_number(value):
             raise ValueError("bad number")
@@ -299,15 +310,15 @@ class MessageTestCase(unittest.TestCase):
         self.assertEqual(message.get_content_type(), 'multipart/alternative')
         plain, html = message.iter_parts()
         self.assertEqual(plain.get_content_type(), 'text/plain')
-        self.assertEqual(plain.get_content(), "Héllo\n")
+        self.assertEqual(plain.get_content(), "Héllo")
         self.assertEqual(html.get_content_type(), 'text/html')
-        self.assertEqual(html.get_content(), "<p>Héllo</p>\n")
+        self.assertEqual(html.get_content(), "<p>Héllo</p>")
 
     def test_without_text(self):
         message = self.build(text='')
 
         self.assertEqual(message.get_content_type(), 'text/html')
-        self.assertEqual(message.get_content(), "<p>Héllo</p>\n")
+        self.assertEqual(message.get_content(), "<p>Héllo</p>")
 
     def test_headers(self):
         date = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
@@ -349,14 +360,20 @@ class MessageTestCase(unittest.TestCase):
         self.assertTrue(message.as_bytes().isascii())
 
     def test_long_line(self):
-        html = '<p>' + ' '.join(['wörd'] * 1250) + '</p>'
+        template = '<p>' + ' '.join(["wörd"] * 1000) + '</p>'
+        self.assertGreater(len(template), 5000)
+        html = mailing.fill(
+            render(template).html, ['https://s.example/pixel'])
+        subject = ' '.join(["Ünïcode ✓"] * 100)
 
-        message = self.build(html=html, text=html)
+        message = parse(mailing.build_message(
+                'news@shop.be', 'ann@example.com', subject,
+                html, mailing.html_to_text(html), message_id='<a@b>'))
 
         for line in message.as_bytes().splitlines():
             self.assertLessEqual(len(line), 998)
-        self.assertEqual(
-            message.get_body('html').get_content(), html + '\n')
+        self.assertEqual(message['Subject'], subject)
+        self.assertEqual(message.get_body('html').get_content(), html)
 
     def test_format_recipient(self):
         self.assertEqual(

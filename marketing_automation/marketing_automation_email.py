@@ -1,0 +1,571 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The send_email action: from due record activities to accepted messages.
+
+An email goes through two steps, each in its own transaction:
+
+1. ``prepare`` (inside ``RecordActivity.do``) renders the messages of a batch,
+   creates their tracked links and stores each message as a
+   ``marketing.automation.email`` waiting for delivery; the record activity
+   stays waiting.
+2. ``Email.deliver`` hands the messages to the SMTP server over one
+   connection and commits the acceptance of each message before sending the
+   next, then marks the record activities done and enters their records
+   into the children.
+
+So a message is never sent for work that was rolled back, an entry is done
+only once the server has accepted its message, and a process killed while
+delivering sends at most the message in flight twice (with the same
+Message-ID).  Transient failures leave the message waiting for a later run,
+with a growing delay; permanent ones are written on the record activity.
+"""
+import datetime
+import logging
+import smtplib
+import socket
+import urllib.parse
+from collections import defaultdict
+from email.utils import parseaddr
+
+from sql import Literal, Null
+
+from trytond.config import config
+from trytond.i18n import gettext
+from trytond.model import Index, ModelSQL, ModelView, Unique, fields
+from trytond.pool import Pool
+from trytond.report import Report
+from trytond.sendmail import get_smtp_server
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.transaction import Transaction
+from trytond.url import http_host
+from trytond.wsgi import Base64Converter
+
+from . import mailing
+from .exceptions import TemplateError
+from .web import EMAIL_CLICKED, EMAIL_OPENED, RECORD_ACTIVITY
+
+try:
+    from trytond.model import ModelAccessProxy
+except ImportError:
+    ModelAccessProxy = None
+
+logger = logging.getLogger(__name__)
+
+# How long a delivery may hold its messages before another run takes them
+LEASE = datetime.timedelta(minutes=10)
+MAX_ATTEMPTS = 10
+
+
+def automation_base():
+    "The scheme and host of the URLs written into the emails"
+    base = config.get('marketing', 'automation_base')
+    if not base:
+        base = http_host()
+    return base.rstrip('/')
+
+
+def email_domain():
+    return urllib.parse.urlsplit(automation_base()).hostname or 'localhost'
+
+
+def database_b64():
+    return Base64Converter(None).to_url(Transaction().database.name)
+
+
+def retry_delay(attempts):
+    "The delay before the next attempt after attempts failed deliveries"
+    return min(
+        datetime.timedelta(minutes=5) * 2 ** max(attempts - 1, 0),
+        datetime.timedelta(hours=6))
+
+
+def check_templates(activity):
+    "Refuse the activity if its title or its template does not compile"
+    Activity = activity.__class__
+    languages = _languages()
+    for code in languages:
+        with Transaction().set_context(language=code):
+            translated = Activity(activity.id) if activity.id else activity
+            title, template = (
+                translated.email_title, translated.email_template)
+        if title:
+            try:
+                mailing.check_title(title)
+            except Exception as exception:
+                raise TemplateError(gettext(
+                        'marketing_automation'
+                        '.msg_activity_invalid_email_title',
+                        activity=activity.rec_name,
+                        exception=exception)) from exception
+        if template:
+            try:
+                mailing.check_body(template)
+            except Exception as exception:
+                raise TemplateError(gettext(
+                        'marketing_automation'
+                        '.msg_activity_invalid_email_template',
+                        activity=activity.rec_name,
+                        exception=exception)) from exception
+
+
+def _languages():
+    pool = Pool()
+    Lang = pool.get('ir.lang')
+    return [l.code for l in Lang.search([('translatable', '=', True)])] or [
+        Transaction().context.get('language') or 'en']
+
+
+def _sender(activity):
+    return (activity.email_from
+        or config.get('marketing', 'email_from')
+        or config.get('email', 'from'))
+
+
+def _template_context(record, language):
+    if ModelAccessProxy is not None:
+        try:
+            record = ModelAccessProxy(
+                record, context=record.marketing_access_context)
+        except Exception:
+            # The marketing group may not read the record: render nothing of
+            # it rather than everything.
+            raise
+    return {
+        'record': record,
+        'format_date': Report.format_date,
+        'format_datetime': Report.format_datetime,
+        'format_timedelta': Report.format_timedelta,
+        'format_currency': Report.format_currency,
+        'format_number': Report.format_number,
+        'datetime': datetime,
+        'language': language,
+        }
+
+
+def prepare(activity, record_activities):
+    """Render the emails of the record activities and store them for delivery
+
+    Returns a dictionary: record activity id → why no email was made for
+    it, and the ids of the marketing.automation.email created."""
+    pool = Pool()
+    Activity = pool.get('marketing.automation.activity')
+    ShortenedURL = pool.get('web.shortened_url')
+    Email = pool.get('marketing.automation.email')
+    Secret = pool.get('marketing.automation.email.secret')
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+
+    errors = {}
+    by_language = defaultdict(list)
+    for record_activity in record_activities:
+        record = record_activity.record
+        party = record.marketing_party
+        mechanism = party.contact_mechanism_get('email') if party else None
+        if not mechanism or not mechanism.value:
+            errors[record_activity.id] = gettext(
+                'marketing_automation.msg_email_no_address',
+                party=party.rec_name if party else '')
+            continue
+        by_language[record.language].append(
+            (record_activity, record, party, mechanism))
+
+    base = automation_base()
+    database = database_b64()
+    domain = email_domain()
+    secret = Secret.get()
+    now = datetime.datetime.now()
+    links, emails = [], []
+    for language, entries in by_language.items():
+        with transaction.set_context(language=language):
+            translated = Activity(activity.id)
+            try:
+                templates = mailing.compile_templates(
+                    translated.email_title, translated.email_template)
+            except Exception as exception:
+                for record_activity, *_ in entries:
+                    errors[record_activity.id] = gettext(
+                        'marketing_automation.msg_email_render_error',
+                        exception=exception)
+                continue
+            sender = _sender(translated)
+            for record_activity, record, party, mechanism in entries:
+                try:
+                    rendered = mailing.render(
+                        templates, _template_context(record.record, language))
+                    recipient = mailing.format_recipient(
+                        mechanism.name or party.rec_name, mechanism.value)
+                except Exception as exception:
+                    errors[record_activity.id] = gettext(
+                        'marketing_automation.msg_email_render_error',
+                        exception=exception)
+                    continue
+                reference = '%s,%s' % (RECORD_ACTIVITY, record_activity.id)
+                urls = []
+                for link in rendered.links:
+                    if link.kind == mailing.UNSUBSCRIBE:
+                        urls.append(mailing.unsubscribe_url(
+                                base, transaction.database.name,
+                                record.uuid, link.url, secret))
+                        continue
+                    token = mailing.new_token()
+                    if link.kind == mailing.OPEN:
+                        redirect, method = base + '/m/empty.gif', EMAIL_OPENED
+                    else:
+                        redirect, method = link.url, EMAIL_CLICKED
+                    links.append(
+                        [transaction.user, now, redirect, reference, method,
+                            token])
+                    urls.append(ShortenedURL.token_url(token, base, database))
+                html = mailing.fill(rendered.html, urls)
+                message = mailing.build_message(
+                    sender, recipient, rendered.subject, html,
+                    mailing.html_to_text(html),
+                    message_id=mailing.message_id(
+                        '%s.%s' % (record.uuid, activity.id), domain),
+                    unsubscribe=mailing.unsubscribe_url(
+                        base, transaction.database.name, record.uuid),
+                    language=language)
+                emails.append(
+                    [transaction.user, now, record_activity.id,
+                        message['Message-ID'], _address(sender),
+                        _address(recipient), recipient, rendered.subject,
+                        mailing.message_bytes(message), 'pending', 0, now])
+
+    url_table = ShortenedURL.__table__()
+    for sub in grouped_slice(links, 500):
+        cursor.execute(*url_table.insert(
+                [url_table.create_uid, url_table.create_date,
+                    url_table.redirect_url, url_table.record,
+                    url_table.method, url_table.token],
+                list(sub)))
+    email_table = Email.__table__()
+    for sub in grouped_slice(emails, 200):
+        cursor.execute(*email_table.insert(
+                [email_table.create_uid, email_table.create_date,
+                    email_table.record_activity, email_table.message_id,
+                    email_table.sender, email_table.address,
+                    email_table.recipient, email_table.subject,
+                    email_table.message, email_table.state,
+                    email_table.attempts, email_table.next_attempt],
+                list(sub)))
+    email_ids = []
+    if emails:
+        for sub in grouped_slice([e[2] for e in emails]):
+            cursor.execute(*email_table.select(
+                    email_table.id,
+                    where=reduce_ids(email_table.record_activity, sub)))
+            email_ids.extend(i for i, in cursor)
+    return errors, email_ids
+
+
+def _address(formatted):
+    return parseaddr(formatted)[1] if formatted else formatted
+
+
+class Email(ModelSQL, ModelView):
+    "An email of a record activity on its way to the mail server"
+    __name__ = 'marketing.automation.email'
+
+    record_activity = fields.Many2One(
+        'marketing.automation.record.activity', "Record Activity",
+        required=True, ondelete='CASCADE', readonly=True)
+    message_id = fields.Char("Message-ID", readonly=True)
+    sender = fields.Char("Sender", readonly=True)
+    address = fields.Char("Address", readonly=True)
+    recipient = fields.Char("Recipient", readonly=True)
+    subject = fields.Char("Subject", readonly=True)
+    message = fields.Binary("Message", readonly=True)
+    state = fields.Selection([
+            ('pending', "Pending"),
+            ('sent', "Sent"),
+            ('failed', "Failed"),
+            ], "State", readonly=True, required=True)
+    attempts = fields.Integer("Attempts", readonly=True)
+    next_attempt = fields.DateTime("Next Attempt", readonly=True)
+    error = fields.Text("Error", readonly=True)
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_constraints += [
+            ('record_activity_unique', Unique(t, t.record_activity),
+                'marketing_automation.msg_activity_record_unique'),
+            ]
+        cls._sql_indexes.add(Index(t,
+                (t.state, Index.Equality(cardinality='low')),
+                (t.next_attempt, Index.Range())))
+
+    @classmethod
+    def default_state(cls):
+        return 'pending'
+
+    @classmethod
+    def default_attempts(cls):
+        return 0
+
+    @classmethod
+    def ready(cls):
+        "Queue the emails that wait for delivery or for their completion"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        now = datetime.datetime.now()
+        cursor.execute(*table.select(
+                table.id,
+                where=((table.state == 'pending')
+                    & (table.next_attempt <= now))
+                | (table.state != 'pending'),
+                order_by=[table.id.asc]))
+        ids = [i for i, in cursor]
+        for sub in grouped_slice(ids, 1000):
+            cls.__queue__.deliver(cls.browse(list(sub)))
+
+    @classmethod
+    def deliver(cls, emails):
+        """Send the pending emails and complete their record activities.
+
+        The acceptance of each message is committed before the next one is
+        sent."""
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        table = cls.__table__()
+        ids = list(map(int, emails))
+        now = datetime.datetime.now()
+
+        # Take the messages for the lease so no other run sends them.
+        claimable = ((table.state != 'pending') | (table.next_attempt <= now))
+        for_ = None
+        if transaction.database.name and backend_name() == 'postgresql':
+            from sql import For
+            for_ = For('UPDATE')
+        pending = []
+        for sub in grouped_slice(ids):
+            cursor.execute(*table.select(
+                    table.id, table.state,
+                    where=reduce_ids(table.id, sub) & claimable,
+                    for_=for_))
+            pending.extend(i for i, s in cursor if s == 'pending')
+        for sub in grouped_slice(pending):
+            cursor.execute(*table.update(
+                    [table.next_attempt], [now + LEASE],
+                    where=reduce_ids(table.id, sub)))
+        transaction.commit()
+
+        if pending:
+            cls._send(pending)
+        cls._complete(ids)
+
+    @classmethod
+    def _send(cls, ids):
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        table = cls.__table__()
+        server = None
+        try:
+            for sub in grouped_slice(ids, 100):
+                cursor.execute(*table.select(
+                        table.id, table.sender, table.address, table.message,
+                        table.attempts,
+                        where=reduce_ids(table.id, sub)
+                        & (table.state == 'pending'),
+                        order_by=[table.id.asc]))
+                for email_id, sender, address, message, attempts in (
+                        cursor.fetchall()):
+                    if server is None:
+                        try:
+                            server = get_smtp_server(strict=True)
+                        except (OSError, smtplib.SMTPException) as exception:
+                            cls._postpone(
+                                ids, _describe(exception), all_pending=True)
+                            return
+                    try:
+                        server.sendmail(sender, [address], bytes(message))
+                    except smtplib.SMTPRecipientsRefused as exception:
+                        code, text = next(iter(
+                                exception.recipients.values()))
+                        cls._refused(email_id, attempts, code, text)
+                    except (smtplib.SMTPSenderRefused,
+                            smtplib.SMTPDataError) as exception:
+                        cls._refused(
+                            email_id, attempts,
+                            exception.smtp_code, exception.smtp_error)
+                    except (OSError, smtplib.SMTPException) as exception:
+                        # The connection is lost: the rest waits for later.
+                        server = None
+                        cls._postpone(
+                            ids, _describe(exception), all_pending=True)
+                        return
+                    else:
+                        cursor.execute(*table.update(
+                                [table.state, table.error], ['sent', Null],
+                                where=table.id == email_id))
+                    transaction.commit()
+        finally:
+            if server is not None:
+                try:
+                    server.quit()
+                except (OSError, smtplib.SMTPException):
+                    pass
+
+    @classmethod
+    def _refused(cls, email_id, attempts, code, text):
+        if isinstance(text, bytes):
+            text = text.decode('utf-8', 'replace')
+        error = '%s %s' % (code, text)
+        if 400 <= code < 500:
+            cls._postpone([email_id], error)
+        else:
+            table = cls.__table__()
+            cursor = Transaction().connection.cursor()
+            cursor.execute(*table.update(
+                    [table.state, table.error, table.attempts],
+                    ['failed', error, attempts + 1],
+                    where=table.id == email_id))
+
+    @classmethod
+    def _postpone(cls, ids, error, all_pending=False):
+        "Let the pending emails wait for a later attempt"
+        transaction = Transaction()
+        table = cls.__table__()
+        cursor = transaction.connection.cursor()
+        now = datetime.datetime.now()
+        for sub in grouped_slice(ids):
+            cursor.execute(*table.select(
+                    table.id, table.attempts,
+                    where=reduce_ids(table.id, sub)
+                    & (table.state == 'pending')))
+            for email_id, attempts in cursor.fetchall():
+                attempts += 1
+                if attempts >= MAX_ATTEMPTS:
+                    values = ['failed', attempts, now, error]
+                else:
+                    values = [
+                        'pending', attempts, now + retry_delay(attempts),
+                        error]
+                cursor.execute(*table.update(
+                        [table.state, table.attempts, table.next_attempt,
+                            table.error],
+                        values, where=table.id == email_id))
+        transaction.commit()
+
+    @classmethod
+    def _complete(cls, ids):
+        """Complete the record activities of the sent and failed emails and
+        show the errors of the postponed ones"""
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        table = cls.__table__()
+        finished = []
+        postponed = defaultdict(list)
+        for sub in grouped_slice(ids):
+            cursor.execute(*table.select(
+                    table.id, table.record_activity, table.state, table.error,
+                    where=reduce_ids(table.id, sub)))
+            for email_id, record_activity, state, error in cursor:
+                if state == 'pending':
+                    if error:
+                        postponed[error].append(record_activity)
+                else:
+                    finished.append((email_id, record_activity, state, error))
+        record_activity_table = RecordActivity.__table__()
+        for error, record_activities in postponed.items():
+            for sub in grouped_slice(record_activities):
+                cursor.execute(*record_activity_table.update(
+                        [record_activity_table.error], [error],
+                        where=reduce_ids(record_activity_table.id, sub)))
+        if finished:
+            cls._log([f[0] for f in finished if f[2] == 'sent'])
+            RecordActivity.complete(
+                {f[1]: f[3] for f in finished},
+                sent={f[1] for f in finished if f[2] == 'sent'})
+            for sub in grouped_slice([f[0] for f in finished]):
+                cursor.execute(*table.delete(
+                        where=reduce_ids(table.id, sub)))
+        transaction.commit()
+
+    @classmethod
+    def _log(cls, ids):
+        "Log the sent emails in ir.email"
+        pool = Pool()
+        IrEmail = pool.get('ir.email')
+        Address = pool.get('ir.email.address')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        Record = pool.get('marketing.automation.record')
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        table = cls.__table__()
+        record_activity = RecordActivity.__table__()
+        record = Record.__table__()
+        ir_email = IrEmail.__table__()
+        address = Address.__table__()
+        now = datetime.datetime.now()
+        for sub in grouped_slice(ids):
+            query = table.join(record_activity,
+                condition=table.record_activity == record_activity.id
+                ).join(record,
+                condition=record_activity.record == record.id
+                ).select(
+                    Literal(transaction.user), Literal(now),
+                    table.recipient, table.subject, table.message_id,
+                    record.record, record_activity.activity, record.id,
+                    where=reduce_ids(table.id, sub))
+            cursor.execute(*ir_email.insert(
+                    [ir_email.create_uid, ir_email.create_date,
+                        ir_email.recipients, ir_email.subject,
+                        ir_email.message_id, ir_email.resource,
+                        ir_email.marketing_automation_activity,
+                        ir_email.marketing_automation_record],
+                    query))
+            cursor.execute(*address.insert(
+                    [address.create_uid, address.create_date, address.email,
+                        address.address],
+                    ir_email.join(table,
+                        condition=ir_email.message_id == table.message_id
+                        ).select(
+                        Literal(transaction.user), Literal(now),
+                        ir_email.id, table.address,
+                        where=reduce_ids(table.id, sub))))
+
+
+def backend_name():
+    from trytond import backend
+    return backend.name
+
+
+def _describe(exception):
+    if isinstance(exception, smtplib.SMTPResponseException):
+        error = exception.smtp_error
+        if isinstance(error, bytes):
+            error = error.decode('utf-8', 'replace')
+        return '%s %s' % (exception.smtp_code, error)
+    if isinstance(exception, socket.timeout):
+        return 'timeout'
+    return '%s: %s' % (type(exception).__name__, exception)
+
+
+class Secret(ModelSQL):
+    "The key that signs the URLs of a database's emails"
+    __name__ = 'marketing.automation.email.secret'
+
+    secret = fields.Char("Secret", required=True, strip=False)
+
+    @classmethod
+    def __register__(cls, module):
+        super().__register__(module)
+        cls.get()
+
+    @classmethod
+    def get(cls):
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.select(
+                table.secret, order_by=[table.id.asc], limit=1))
+        row = cursor.fetchone()
+        if row:
+            return row[0]
+        secret = mailing.new_secret()
+        cursor.execute(*table.insert(
+                [table.create_uid, table.create_date, table.secret],
+                [[0, datetime.datetime.now(), secret]]))
+        return secret
