@@ -78,7 +78,8 @@ __all__ = [
     'CLICK', 'UNSUBSCRIBE', 'OPEN',
     'compile_title', 'compile_body', 'compile_templates', 'check_title',
     'check_body', 'render', 'fill',
-    'html_to_text', 'format_recipient', 'message_id', 'build_message', 'message_bytes',
+    'html_to_text', 'format_recipient', 'message_id', 'build_message',
+    'message_bytes',
     'sign', 'verify', 'unsubscribe_url', 'checked_next',
     'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline']
 

@@ -241,9 +241,9 @@ class Scenario(Workflow, ModelSQL, ModelView):
         cursor = Transaction().connection.cursor()
 
         result = {n: {s.id: 0 for s in scenarios} for n in names}
-        for sub in grouped_slice(scenarios):
+        for sub in grouped_slice(scenarios, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record.select(
-                    record.scenario, Count(Literal('*')),
+                    record.scenario, Count(),
                     Sum(Case((record.blocked, 1), else_=0)),
                     where=reduce_ids(record.scenario, [s.id for s in sub]),
                     group_by=[record.scenario]))
@@ -292,9 +292,9 @@ class Scenario(Workflow, ModelSQL, ModelView):
         starts, period = _trend_periods()
         date = DateTrunc(period, record.create_date)
         series = {s.id: {} for s in scenarios}
-        for sub in grouped_slice(scenarios):
+        for sub in grouped_slice(scenarios, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record.select(
-                    record.scenario, date, Count(Literal('*')),
+                    record.scenario, date, Count(),
                     Sum(Case((record.blocked, 1), else_=0)),
                     where=reduce_ids(record.scenario, [s.id for s in sub])
                     & (record.create_date >= starts[0]),
@@ -700,8 +700,6 @@ class Activity(ModelSQL, ModelView):
         Returns a dictionary: record activity id → why its action was not
         done, and the ids of the entries whose action finishes later (their
         emails wait for delivery)."""
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
         underlying = _underlying_records(entries)
 
         errors = {}
@@ -720,7 +718,7 @@ class Activity(ModelSQL, ModelView):
         deferred = set()
         if todo:
             action_errors, deferred = self.execute(
-                RecordActivity.browse(todo))
+                {i: underlying[i] for i in todo})
             errors.update(action_errors)
         self.enter_children(
             [e for e in entries if e[0] not in deferred], underlying)
@@ -744,20 +742,21 @@ class Activity(ModelSQL, ModelView):
             [(record_of[i], r) for i, r in underlying.items()
                 if i in record_of])
 
-    def execute(self, record_activities):
-        """Run the action on the record activities whose records exist.
+    def execute(self, records):
+        """Run the action for the record activities.
 
+        records maps the id of each record activity to the instance of its
+        underlying record.
         Returns a dictionary: record activity id → error message, for the
         entries whose action could not be done, and the ids of the entries
         whose action finishes later."""
         if not self.action:
             return {}, set()
-        return getattr(self, 'execute_%s' % self.action)(record_activities)
+        return getattr(self, 'execute_%s' % self.action)(records)
 
-    def execute_send_email(self, record_activities):
-        errors, _ = marketing_automation_email.prepare(
-            self, record_activities)
-        return errors, {r.id for r in record_activities} - set(errors)
+    def execute_send_email(self, records):
+        errors, _ = marketing_automation_email.prepare(self, records)
+        return errors, set(records) - set(errors)
 
     @classmethod
     def get_statistics(cls, activities, names):
@@ -767,10 +766,10 @@ class Activity(ModelSQL, ModelView):
         cursor = Transaction().connection.cursor()
 
         counts = {a.id: (0, 0, 0) for a in activities}
-        for sub in grouped_slice(activities):
+        for sub in grouped_slice(activities, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record_activity.select(
                     record_activity.activity,
-                    Count(Literal('*')),
+                    Count(),
                     Sum(Case((record_activity.email_opened, 1), else_=0)),
                     Sum(Case((record_activity.email_clicked, 1), else_=0)),
                     where=reduce_ids(
@@ -804,10 +803,10 @@ class Activity(ModelSQL, ModelView):
         date = DateTrunc(period, record_activity.at)
 
         series = {a.id: {} for a in activities}
-        for sub in grouped_slice(activities):
+        for sub in grouped_slice(activities, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record_activity.select(
                     record_activity.activity, date,
-                    Count(Literal('*')),
+                    Count(),
                     Sum(Case((record_activity.email_opened, 1), else_=0)),
                     Sum(Case((record_activity.email_clicked, 1), else_=0)),
                     where=reduce_ids(
@@ -1180,13 +1179,13 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         cursor = transaction.connection.cursor()
         table = cls.__table__()
         now = _now()
-        for sub in grouped_slice(ids):
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.update(
                     [table.state, table.at, table.write_uid,
                         table.write_date],
                     ['done', now, transaction.user, now],
                     where=reduce_ids(table.id, sub)))
-        for sub in grouped_slice(sent):
+        for sub in grouped_slice(sent, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.update(
                     [table.email_sent, table.error], [True, Null],
                     where=reduce_ids(table.id, sub)))
@@ -1195,7 +1194,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             if error:
                 by_error[error].append(record_activity_id)
         for error, error_ids in by_error.items():
-            for sub in grouped_slice(error_ids):
+            for sub in grouped_slice(error_ids, backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.update(
                         [table.error], [error],
                         where=reduce_ids(table.id, sub)))
@@ -1217,7 +1216,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         ids = list(errors)
         cls._write_done(ids, errors, sent)
         rows = []
-        for sub in grouped_slice(ids):
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.join(
                     record, condition=table.record == record.id).select(
                     table.id, table.activity, table.record, record.record,
@@ -1236,7 +1235,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             return
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        for sub in grouped_slice(record_ids):
+        for sub in grouped_slice(record_ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.update(
                     [table.state, table.write_date],
                     ['cancelled', _now()],
@@ -1313,7 +1312,7 @@ def _underlying_records(entries):
     with Transaction().set_context(active_test=False, _check_access=False):
         for model_name, entry_of in by_model.items():
             Model = pool.get(model_name)
-            for sub in grouped_slice(list(entry_of)):
+            for sub in grouped_slice(list(entry_of), backend.MAX_QUERY_PARAMS):
                 for record in Model.search(
                         [('id', 'in', list(sub))], order=[]):
                     underlying[entry_of[record.id]] = record

@@ -28,6 +28,7 @@ from email.utils import parseaddr
 
 from sql import Literal, Null
 
+from trytond import backend
 from trytond.config import config
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, fields
@@ -141,9 +142,11 @@ def _template_context(record, language):
         }
 
 
-def prepare(activity, record_activities):
+def prepare(activity, records):
     """Render the emails of the record activities and store them for delivery
 
+    records maps the id of each record activity to the instance of its
+    underlying record.
     Returns a dictionary: record activity id → why no email was made for
     it, and the ids of the marketing.automation.email created."""
     pool = Pool()
@@ -154,19 +157,22 @@ def prepare(activity, record_activities):
     transaction = Transaction()
     cursor = transaction.connection.cursor()
 
+    uuids = _record_uuids(list(records))
+    parties = _marketing_parties(records.values())
+    recipients = _recipients(set(filter(None, parties.values())))
     errors = {}
     by_language = defaultdict(list)
-    for record_activity in record_activities:
-        record = record_activity.record
-        party = record.marketing_party
-        mechanism = party.contact_mechanism_get('email') if party else None
-        if not mechanism or not mechanism.value:
-            errors[record_activity.id] = gettext(
+    for record_activity_id, record in records.items():
+        party = parties.get(record)
+        name, address, language = recipients.get(party, (None, None, None))
+        if not address:
+            errors[record_activity_id] = gettext(
                 'marketing_automation.msg_email_no_address',
-                party=party.rec_name if party else '')
+                party=name or '')
             continue
-        by_language[record.language].append(
-            (record_activity, record, party, mechanism))
+        by_language[language].append(
+            (record_activity_id, record, uuids[record_activity_id],
+                name, address))
 
     base = automation_base()
     database = database_b64()
@@ -181,30 +187,29 @@ def prepare(activity, record_activities):
                 templates = mailing.compile_templates(
                     translated.email_title, translated.email_template)
             except Exception as exception:
-                for record_activity, *_ in entries:
-                    errors[record_activity.id] = gettext(
+                for record_activity_id, *_ in entries:
+                    errors[record_activity_id] = gettext(
                         'marketing_automation.msg_email_render_error',
                         exception=exception)
                 continue
             sender = _sender(translated)
-            for record_activity, record, party, mechanism in entries:
+            for record_activity_id, record, uuid, name, address in entries:
                 try:
                     rendered = mailing.render(
-                        templates, _template_context(record.record, language))
-                    recipient = mailing.format_recipient(
-                        mechanism.name or party.rec_name, mechanism.value)
+                        templates, _template_context(record, language))
+                    recipient = mailing.format_recipient(name, address)
                 except Exception as exception:
-                    errors[record_activity.id] = gettext(
+                    errors[record_activity_id] = gettext(
                         'marketing_automation.msg_email_render_error',
                         exception=exception)
                     continue
-                reference = '%s,%s' % (RECORD_ACTIVITY, record_activity.id)
+                reference = '%s,%s' % (RECORD_ACTIVITY, record_activity_id)
                 urls = []
                 for link in rendered.links:
                     if link.kind == mailing.UNSUBSCRIBE:
                         urls.append(mailing.unsubscribe_url(
                                 base, transaction.database.name,
-                                record.uuid, link.url, secret))
+                                uuid, link.url, secret))
                         continue
                     token = mailing.new_token()
                     if link.kind == mailing.OPEN:
@@ -220,12 +225,12 @@ def prepare(activity, record_activities):
                     sender, recipient, rendered.subject, html,
                     mailing.html_to_text(html),
                     message_id=mailing.message_id(
-                        '%s.%s' % (record.uuid, activity.id), domain),
+                        '%s.%s' % (uuid, activity.id), domain),
                     unsubscribe=mailing.unsubscribe_url(
-                        base, transaction.database.name, record.uuid),
+                        base, transaction.database.name, uuid),
                     language=language)
                 emails.append(
-                    [transaction.user, now, record_activity.id,
+                    [transaction.user, now, record_activity_id,
                         message['Message-ID'], _address(sender),
                         _address(recipient), recipient, rendered.subject,
                         mailing.message_bytes(message), 'pending', 0, now])
@@ -249,12 +254,92 @@ def prepare(activity, record_activities):
                 list(sub)))
     email_ids = []
     if emails:
-        for sub in grouped_slice([e[2] for e in emails]):
+        for sub in grouped_slice(
+                [e[2] for e in emails], backend.MAX_QUERY_PARAMS):
             cursor.execute(*email_table.select(
                     email_table.id,
                     where=reduce_ids(email_table.record_activity, sub)))
             email_ids.extend(i for i, in cursor)
     return errors, email_ids
+
+
+def _record_uuids(record_activity_ids):
+    "The uuid of the marketing record of each record activity"
+    pool = Pool()
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    Record = pool.get('marketing.automation.record')
+    record_activity = RecordActivity.__table__()
+    record = Record.__table__()
+    cursor = Transaction().connection.cursor()
+    uuids = {}
+    for sub in grouped_slice(
+            record_activity_ids, backend.MAX_QUERY_PARAMS):
+        cursor.execute(*record_activity.join(
+                record, condition=record_activity.record == record.id
+                ).select(
+                record_activity.id, record.uuid,
+                where=reduce_ids(record_activity.id, sub)))
+        uuids.update(cursor)
+    return uuids
+
+
+def _marketing_parties(records):
+    "The id of the marketing party of each record"
+    by_model = defaultdict(list)
+    for record in records:
+        by_model[record.__class__].append(record)
+    parties = {}
+    with Transaction().set_context(_check_access=False):
+        for Model, instances in by_model.items():
+            for values in Model.read(
+                    [r.id for r in instances], ['marketing_party']):
+                parties[Model(values['id'])] = values['marketing_party']
+    return parties
+
+
+def _recipients(party_ids):
+    """The name, email address and language code of each party
+
+    The address is the first email contact mechanism of the party, as
+    Party.contact_mechanism_get gives it."""
+    pool = Pool()
+    Party = pool.get('party.party')
+    ContactMechanism = pool.get('party.contact_mechanism')
+    PartyLang = pool.get('party.party.lang')
+    Lang = pool.get('ir.lang')
+    party = Party.__table__()
+    mechanism = ContactMechanism.__table__()
+    party_lang = PartyLang.__table__()
+    lang = Lang.__table__()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    default_language = config.get('database', 'language', default='en')
+
+    recipients = {}
+    for sub in grouped_slice(list(party_ids), backend.MAX_QUERY_PARAMS):
+        sub = list(sub)
+        cursor.execute(*party.join(party_lang, 'LEFT',
+                condition=party_lang.party == party.id
+                ).join(lang, 'LEFT',
+                condition=party_lang.lang == lang.id
+                ).select(
+                party.id, party.name, lang.code,
+                where=reduce_ids(party.id, sub)))
+        for party_id, name, code in cursor:
+            recipients[party_id] = (name, None, code or default_language)
+        cursor.execute(*mechanism.select(
+                mechanism.party, mechanism.name, mechanism.value,
+                where=reduce_ids(mechanism.party, sub)
+                & (mechanism.type == 'email')
+                & (mechanism.active == Literal(True)),
+                order_by=[mechanism.party,
+                    mechanism.sequence.asc.nulls_first, mechanism.id]))
+        for party_id, mechanism_name, value in cursor:
+            name, address, code = recipients[party_id]
+            if address is None and value:
+                recipients[party_id] = (
+                    mechanism_name or name, value.strip(), code)
+    return recipients
 
 
 def _address(formatted):
@@ -334,17 +419,17 @@ class Email(ModelSQL, ModelView):
         # Take the messages for the lease so no other run sends them.
         claimable = ((table.state != 'pending') | (table.next_attempt <= now))
         for_ = None
-        if transaction.database.name and backend_name() == 'postgresql':
+        if backend.name == 'postgresql':
             from sql import For
             for_ = For('UPDATE')
         pending = []
-        for sub in grouped_slice(ids):
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.select(
                     table.id, table.state,
                     where=reduce_ids(table.id, sub) & claimable,
                     for_=for_))
             pending.extend(i for i, s in cursor if s == 'pending')
-        for sub in grouped_slice(pending):
+        for sub in grouped_slice(pending, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.update(
                     [table.next_attempt], [now + LEASE],
                     where=reduce_ids(table.id, sub)))
@@ -428,7 +513,7 @@ class Email(ModelSQL, ModelView):
         table = cls.__table__()
         cursor = transaction.connection.cursor()
         now = datetime.datetime.now()
-        for sub in grouped_slice(ids):
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.select(
                     table.id, table.attempts,
                     where=reduce_ids(table.id, sub)
@@ -458,7 +543,7 @@ class Email(ModelSQL, ModelView):
         table = cls.__table__()
         finished = []
         postponed = defaultdict(list)
-        for sub in grouped_slice(ids):
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.select(
                     table.id, table.record_activity, table.state, table.error,
                     where=reduce_ids(table.id, sub)))
@@ -470,7 +555,8 @@ class Email(ModelSQL, ModelView):
                     finished.append((email_id, record_activity, state, error))
         record_activity_table = RecordActivity.__table__()
         for error, record_activities in postponed.items():
-            for sub in grouped_slice(record_activities):
+            for sub in grouped_slice(
+                    record_activities, backend.MAX_QUERY_PARAMS):
                 cursor.execute(*record_activity_table.update(
                         [record_activity_table.error], [error],
                         where=reduce_ids(record_activity_table.id, sub)))
@@ -479,7 +565,8 @@ class Email(ModelSQL, ModelView):
             RecordActivity.complete(
                 {f[1]: f[3] for f in finished},
                 sent={f[1] for f in finished if f[2] == 'sent'})
-            for sub in grouped_slice([f[0] for f in finished]):
+            for sub in grouped_slice(
+                    [f[0] for f in finished], backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.delete(
                         where=reduce_ids(table.id, sub)))
         transaction.commit()
@@ -500,7 +587,7 @@ class Email(ModelSQL, ModelView):
         ir_email = IrEmail.__table__()
         address = Address.__table__()
         now = datetime.datetime.now()
-        for sub in grouped_slice(ids):
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             query = table.join(record_activity,
                 condition=table.record_activity == record_activity.id
                 ).join(record,
@@ -526,11 +613,6 @@ class Email(ModelSQL, ModelView):
                         Literal(transaction.user), Literal(now),
                         ir_email.id, table.address,
                         where=reduce_ids(table.id, sub))))
-
-
-def backend_name():
-    from trytond import backend
-    return backend.name
 
 
 def _describe(exception):

@@ -56,7 +56,7 @@ def empty_gif(request):
 
 
 @app.route(
-    '/m/<marketing_database:database_name>/l/<token>',
+    '/s/<marketing_database:database_name>/<token>',
     methods={'GET', 'HEAD'})
 @with_pool
 @with_transaction(readonly=False)

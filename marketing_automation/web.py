@@ -36,7 +36,7 @@ class ShortenedURL(metaclass=PoolMeta):
     @classmethod
     def token_url(cls, token, base, database):
         "The URL of the tracked link with token"
-        return '%s/m/%s/l/%s' % (base, database, token)
+        return '%s/s/%s/%s' % (base, database, token)
 
     @classmethod
     def get_url(cls, shortened_urls, name):
