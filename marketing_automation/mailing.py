@@ -35,6 +35,7 @@ before they touch the database.
 """
 
 import base64
+import binascii
 import hashlib
 import hmac
 import html as html_escaping
@@ -42,11 +43,8 @@ import re
 import secrets
 from collections import namedtuple
 from datetime import datetime, timezone
-from email.charset import QP, Charset
 from email.header import Header
 from email.headerregistry import Address
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, parseaddr
 from functools import partial
 from io import StringIO
@@ -79,7 +77,6 @@ __all__ = [
     'compile_title', 'compile_body', 'compile_templates', 'check_title',
     'check_body', 'render', 'fill',
     'html_to_text', 'format_recipient', 'message_id', 'build_message',
-    'message_bytes',
     'sign', 'verify', 'unsubscribe_url', 'checked_next',
     'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline']
 
@@ -307,50 +304,74 @@ def message_id(token, domain):
     return f'<{token}@{_idna(domain)}>'
 
 
-def _address_header(address):
-    name, address = parseaddr(address)
-    return formataddr((name, '@'.join(_split_address(address))), 'utf-8')
+def _header(name, value):
+    "Return the header line of name, RFC 2047-encoded and folded if needed"
+    if value.isascii() and len(name) + len(value) < 76:
+        return '%s: %s' % (name, value)
+    charset = 'us-ascii' if value.isascii() else 'utf-8'
+    return '%s: %s' % (name, Header(
+            value, charset, header_name=name).encode(linesep='\r\n'))
 
 
-# quoted-printable keeps every line short whatever the template
-_UTF8_QP = Charset('utf-8')
-_UTF8_QP.body_encoding = QP
+def _address_line(name, address):
+    display, address = parseaddr(address)
+    username, domain = _split_address(address)
+    line = formataddr((display, '%s@%s' % (username, domain)), 'utf-8')
+    return '%s: %s' % (name, line)
+
+
+def _qp(text):
+    "Return text as quoted-printable UTF-8 with CRLF line ends"
+    text = text.replace('\r\n', '\n').replace('\r', '\n')
+    return binascii.b2a_qp(
+        text.encode('utf-8'), istext=True).replace(b'\n', b'\r\n')
+
+
+_PART = (
+    b'Content-Type: text/%s; charset="utf-8"\r\n'
+    b'Content-Transfer-Encoding: quoted-printable\r\n\r\n')
 
 
 def build_message(
         from_addr, to_addr, subject, html, text=None, *, message_id,
         unsubscribe=None, language=None, date=None):
-    """Return the email.message.Message of an email
+    """Return the bytes of an email as SMTP carries them
 
     from_addr and to_addr are addresses optionally with a name
     ('Name <address>'); text is the plain-text alternative of html;
     unsubscribe is the one-click unsubscribe URL; language is the Tryton
-    code of the recipient's language."""
-    html_part = MIMEText(html, 'html', _UTF8_QP)
-    if text:
-        message = MIMEMultipart('alternative')
-        message.attach(MIMEText(text, 'plain', _UTF8_QP))
-        message.attach(html_part)
-    else:
-        message = html_part
-    message['From'] = _address_header(from_addr)
-    message['To'] = _address_header(to_addr)
-    message['Subject'] = (
-        subject if subject.isascii() else Header(subject, 'utf-8'))
-    message['Date'] = format_datetime(date or datetime.now(timezone.utc))
-    message['Message-ID'] = message_id
-    message['Auto-Submitted'] = 'auto-generated'
+    code of the recipient's language.
+    The message is written by hand: it is the same few lines for every
+    recipient, and the generator of the email package costs more than the
+    rendering of the template."""
+    lines = [
+        _address_line('From', from_addr),
+        _address_line('To', to_addr),
+        _header('Subject', subject),
+        'Date: ' + format_datetime(date or datetime.now(timezone.utc)),
+        'Message-ID: ' + message_id,
+        'Auto-Submitted: auto-generated',
+        ]
     if unsubscribe:
-        message['List-Unsubscribe'] = f'<{unsubscribe}>'
-        message['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'
+        lines.append('List-Unsubscribe: <%s>' % unsubscribe)
+        lines.append('List-Unsubscribe-Post: List-Unsubscribe=One-Click')
     if language:
-        message['Content-Language'] = language.replace('_', '-')
-    return message
-
-
-def message_bytes(message):
-    "Return the bytes of message as SMTP carries them (CRLF line ends)"
-    return message.as_bytes(policy=message.policy.clone(linesep='\r\n'))
+        lines.append('Content-Language: ' + language.replace('_', '-'))
+    lines.append('MIME-Version: 1.0')
+    if text:
+        boundary = '=_' + secrets.token_hex(16)
+        lines.append(
+            'Content-Type: multipart/alternative; boundary="%s"' % boundary)
+        delimiter = b'--' + boundary.encode('ascii')
+        body = b''.join([
+                delimiter, b'\r\n', _PART % b'plain', _qp(text), b'\r\n',
+                delimiter, b'\r\n', _PART % b'html', _qp(html), b'\r\n',
+                delimiter, b'--\r\n'])
+    else:
+        lines.append('Content-Type: text/html; charset="utf-8"')
+        lines.append('Content-Transfer-Encoding: quoted-printable')
+        body = _qp(html)
+    return '\r\n'.join(lines).encode('ascii') + b'\r\n\r\n' + body
 
 
 def _digest(secret, parts):

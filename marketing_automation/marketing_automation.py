@@ -290,7 +290,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
         record = Record.__table__()
         cursor = Transaction().connection.cursor()
         starts, period = _trend_periods()
-        date = DateTrunc(period, record.create_date)
+        date = DateTrunc(period, record.create_date).as_('date')
         series = {s.id: {} for s in scenarios}
         for sub in grouped_slice(scenarios, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record.select(
@@ -800,7 +800,7 @@ class Activity(ModelSQL, ModelView):
         record_activity = RecordActivity.__table__()
         cursor = Transaction().connection.cursor()
         starts, period = _trend_periods()
-        date = DateTrunc(period, record_activity.at)
+        date = DateTrunc(period, record_activity.at).as_('date')
 
         series = {a.id: {} for a in activities}
         for sub in grouped_slice(activities, backend.MAX_QUERY_PARAMS):

@@ -204,7 +204,7 @@ def prepare(activity, records):
                         exception=exception)
                     continue
                 reference = '%s,%s' % (RECORD_ACTIVITY, record_activity_id)
-                urls = []
+                first_link, urls = len(links), []
                 for link in rendered.links:
                     if link.kind == mailing.UNSUBSCRIBE:
                         urls.append(mailing.unsubscribe_url(
@@ -221,19 +221,25 @@ def prepare(activity, records):
                             token])
                     urls.append(ShortenedURL.token_url(token, base, database))
                 html = mailing.fill(rendered.html, urls)
-                message = mailing.build_message(
-                    sender, recipient, rendered.subject, html,
-                    mailing.html_to_text(html),
-                    message_id=mailing.message_id(
-                        '%s.%s' % (uuid, activity.id), domain),
-                    unsubscribe=mailing.unsubscribe_url(
-                        base, transaction.database.name, uuid),
-                    language=language)
+                message_id = mailing.message_id(
+                    '%s.%s' % (uuid, activity.id), domain)
+                try:
+                    message = mailing.build_message(
+                        sender, recipient, rendered.subject, html,
+                        mailing.html_to_text(html), message_id=message_id,
+                        unsubscribe=mailing.unsubscribe_url(
+                            base, transaction.database.name, uuid),
+                        language=language)
+                except ValueError as exception:
+                    errors[record_activity_id] = gettext(
+                        'marketing_automation.msg_email_render_error',
+                        exception=exception)
+                    del links[first_link:]
+                    continue
                 emails.append(
-                    [transaction.user, now, record_activity_id,
-                        message['Message-ID'], _address(sender),
-                        _address(recipient), recipient, rendered.subject,
-                        mailing.message_bytes(message), 'pending', 0, now])
+                    [transaction.user, now, record_activity_id, message_id,
+                        _address(sender), _address(recipient), recipient,
+                        rendered.subject, message, 'pending', 0, now])
 
     url_table = ShortenedURL.__table__()
     for sub in grouped_slice(links, 500):

@@ -1,12 +1,30 @@
+import datetime as dt
 from trytond.pool import Pool
 from trytond.tests.test_tryton import ModuleTestCase, with_transaction
+from trytond.transaction import Transaction
 from tests.test_engine import *
+
+DOMAINS = [[('name', 'like', 'abc\\')], [('name', 'ilike', '%\\')], [('id', '=', 2**70)], [('id', '=', -2**63-1)], [('id', '=', 2**63)]]
 
 class P(ModuleTestCase):
     module = 'marketing_automation'
 
-    @with_transaction()
     def test_probe(self):
-        Scenario = Pool().get('marketing.automation.scenario')
-        Scenario.create([{'name': 'x', 'model': 'party.party', 'domain': '[]'}])
+        for d in DOMAINS:
+            self.one(d)
+
+    @with_transaction()
+    def one(self, d):
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Party = pool.get('party.party')
+        try:
+            s = Scenario.create([{'name': 'x', 'model': 'party.party', 'domain': encode(d)}])
+            print(d, 'ACCEPTED')
+        except Exception as e:
+            print(d, type(e).__name__, str(e)[-200:])
+        try:
+            Party.search([], count=True)
+        except Exception as e:
+            print("   BROKEN", e)
 del ModuleTestCase
