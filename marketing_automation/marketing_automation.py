@@ -413,34 +413,35 @@ class Scenario(Workflow, ModelSQL, ModelView):
             'party.party-unsubscribed-marketing.automation.scenario')
         Record.write(
             [r for r in records if not r.blocked], {'blocked': True})
-        pairs = set()
-        for record in records:
-            party = record.marketing_party
-            if record.scenario.unsubscribable and party:
-                pairs.add((party.id, record.scenario.id))
-        if not pairs:
-            return
-        existing = set()
-        for party, scenario in pairs:
-            if Unsubscribed.search([
-                        ('party', '=', party),
-                        ('scenario', '=', scenario),
+        pairs = {
+            (r.marketing_party.id, r.scenario) for r in records
+            if r.scenario.unsubscribable and r.marketing_party}
+        for party_id, scenario in pairs:
+            if not Unsubscribed.search([
+                        ('party', '=', party_id),
+                        ('scenario', '=', scenario.id),
                         ], limit=1):
-                existing.add((party, scenario))
-        Unsubscribed.create([
-                {'party': p, 'scenario': s} for p, s in pairs - existing])
-        # the party's other records of the scenario are kept out too
-        others = []
-        for party, scenario in pairs:
-            for other in Record.search([
-                        ('scenario', '=', scenario),
+                Unsubscribed.create([
+                        {'party': party_id, 'scenario': scenario.id}])
+            # the other records of the party leave the scenario too
+            Model = pool.get(scenario.model)
+            with Transaction().set_context(active_test=False):
+                query = Model.search(
+                    [('marketing_party', '=', party_id)],
+                    order=[], query=True)
+            Record.write(Record.search([
+                        ('scenario', '=', scenario.id),
                         ('blocked', '=', False),
-                        ]):
-                if (other.marketing_party
-                        and other.marketing_party.id == party):
-                    others.append(other)
-        if others:
-            Record.write(others, {'blocked': True})
+                        ('record', 'in', [
+                                '%s,%s' % (scenario.model, i)
+                                for i in _ids(query)]),
+                        ]), {'blocked': True})
+
+
+def _ids(query):
+    cursor = Transaction().connection.cursor()
+    cursor.execute(*query)
+    return [i for i, in cursor]
 
 
 class Activity(ModelSQL, ModelView):
@@ -755,7 +756,7 @@ class Activity(ModelSQL, ModelView):
         return getattr(self, 'execute_%s' % self.action)(records)
 
     def execute_send_email(self, records):
-        errors, _ = marketing_automation_email.prepare(self, records)
+        errors = marketing_automation_email.prepare(self, records)
         return errors, set(records) - set(errors)
 
     @classmethod
@@ -913,7 +914,7 @@ class Record(ModelSQL, ModelView):
     @classmethod
     def copy(cls, records, default=None):
         default = default.copy() if default else {}
-        default.setdefault('uuid', None)
+        default.setdefault('uuid', lambda data: cls.default_uuid())
         default.setdefault('blocked', False)
         return super().copy(records, default=default)
 
@@ -1123,7 +1124,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 break
             last_id = ids[-1]
             with Transaction().set_context(queue_batch=queue_batch):
-                cls.__queue__.do(cls.browse(ids))
+                cls.__queue__.do(ids)
 
     @classmethod
     def do(cls, record_activities):
@@ -1168,8 +1169,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         cls._write_done(done, errors)
         if deferred:
             Email = pool.get('marketing.automation.email')
-            Email.__queue__.deliver(
-                Email.search([('record_activity', 'in', list(deferred))]))
+            Email.__queue__.deliver(Email.of_record_activities(deferred))
 
     @classmethod
     def _write_done(cls, ids, errors, sent=()):

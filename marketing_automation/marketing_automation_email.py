@@ -123,13 +123,8 @@ def _sender(activity):
 
 def _template_context(record, language):
     if ModelAccessProxy is not None:
-        try:
-            record = ModelAccessProxy(
-                record, context=record.marketing_access_context)
-        except Exception:
-            # The marketing group may not read the record: render nothing of
-            # it rather than everything.
-            raise
+        record = ModelAccessProxy(
+            record, context=record.marketing_access_context)
     return {
         'record': record,
         'format_date': Report.format_date,
@@ -148,7 +143,7 @@ def prepare(activity, records):
     records maps the id of each record activity to the instance of its
     underlying record.
     Returns a dictionary: record activity id → why no email was made for
-    it, and the ids of the marketing.automation.email created."""
+    it."""
     pool = Pool()
     Activity = pool.get('marketing.automation.activity')
     ShortenedURL = pool.get('web.shortened_url')
@@ -193,10 +188,14 @@ def prepare(activity, records):
                         exception=exception)
                 continue
             sender = _sender(translated)
+            # Access is checked for a real user: the author of the activity
+            # (root, who may read everything, lends the administrator's).
+            author = activity.create_uid.id if activity.create_uid else 0
             for record_activity_id, record, uuid, name, address in entries:
                 try:
-                    rendered = mailing.render(
-                        templates, _template_context(record, language))
+                    with transaction.set_user(author or 1):
+                        rendered = mailing.render(
+                            templates, _template_context(record, language))
                     recipient = mailing.format_recipient(name, address)
                 except Exception as exception:
                     errors[record_activity_id] = gettext(
@@ -258,15 +257,7 @@ def prepare(activity, records):
                     email_table.message, email_table.state,
                     email_table.attempts, email_table.next_attempt],
                 list(sub)))
-    email_ids = []
-    if emails:
-        for sub in grouped_slice(
-                [e[2] for e in emails], backend.MAX_QUERY_PARAMS):
-            cursor.execute(*email_table.select(
-                    email_table.id,
-                    where=reduce_ids(email_table.record_activity, sub)))
-            email_ids.extend(i for i, in cursor)
-    return errors, email_ids
+    return errors
 
 
 def _record_uuids(record_activity_ids):
@@ -293,13 +284,13 @@ def _marketing_parties(records):
     "The id of the marketing party of each record"
     by_model = defaultdict(list)
     for record in records:
-        by_model[record.__class__].append(record)
+        by_model[record.__class__].append(record.id)
     parties = {}
     with Transaction().set_context(_check_access=False):
-        for Model, instances in by_model.items():
-            for values in Model.read(
-                    [r.id for r in instances], ['marketing_party']):
-                parties[Model(values['id'])] = values['marketing_party']
+        for Model, ids in by_model.items():
+            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+                for values in Model.read(list(sub), ['marketing_party']):
+                    parties[Model(values['id'])] = values['marketing_party']
     return parties
 
 
@@ -330,9 +321,13 @@ def _recipients(party_ids):
                 condition=party_lang.lang == lang.id
                 ).select(
                 party.id, party.name, lang.code,
-                where=reduce_ids(party.id, sub)))
+                where=reduce_ids(party.id, sub),
+                order_by=[party.id, party_lang.id]))
         for party_id, name, code in cursor:
-            recipients[party_id] = (name, None, code or default_language)
+            # a party may have a language per company: take the first
+            if party_id not in recipients:
+                recipients[party_id] = (
+                    name, None, code or default_language)
         cursor.execute(*mechanism.select(
                 mechanism.party, mechanism.name, mechanism.value,
                 where=reduce_ids(mechanism.party, sub)
@@ -380,7 +375,7 @@ class Email(ModelSQL, ModelView):
         t = cls.__table__()
         cls._sql_constraints += [
             ('record_activity_unique', Unique(t, t.record_activity),
-                'marketing_automation.msg_activity_record_unique'),
+                'marketing_automation.msg_email_record_activity_unique'),
             ]
         cls._sql_indexes.add(Index(t,
                 (t.state, Index.Equality(cardinality='low')),
@@ -395,8 +390,22 @@ class Email(ModelSQL, ModelView):
         return 0
 
     @classmethod
+    def of_record_activities(cls, record_activity_ids):
+        "The ids of the emails of the record activities"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        ids = []
+        for sub in grouped_slice(
+                list(record_activity_ids), backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.select(
+                    table.id, where=reduce_ids(table.record_activity, sub)))
+            ids.extend(i for i, in cursor)
+        return ids
+
+    @classmethod
     def ready(cls):
         "Queue the emails that wait for delivery or for their completion"
+        from .marketing_automation import batch_size
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         now = datetime.datetime.now()
@@ -407,8 +416,9 @@ class Email(ModelSQL, ModelView):
                 | (table.state != 'pending'),
                 order_by=[table.id.asc]))
         ids = [i for i, in cursor]
-        for sub in grouped_slice(ids, 1000):
-            cls.__queue__.deliver(cls.browse(list(sub)))
+        with Transaction().set_context(queue_batch=True):
+            for sub in grouped_slice(ids, batch_size()):
+                cls.__queue__.deliver(list(sub))
 
     @classmethod
     def deliver(cls, emails):
@@ -423,27 +433,60 @@ class Email(ModelSQL, ModelView):
         now = datetime.datetime.now()
 
         # Take the messages for the lease so no other run sends them.
-        claimable = ((table.state != 'pending') | (table.next_attempt <= now))
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        Record = pool.get('marketing.automation.record')
+        Scenario = pool.get('marketing.automation.scenario')
+        record_activity = RecordActivity.__table__()
+        record = Record.__table__()
+        scenario = Scenario.__table__()
         for_ = None
         if backend.name == 'postgresql':
             from sql import For
-            for_ = For('UPDATE')
-        pending = []
+            for_ = For('UPDATE', table)
+        pending, blocked = [], []
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
-            cursor.execute(*table.select(
-                    table.id, table.state,
-                    where=reduce_ids(table.id, sub) & claimable,
+            cursor.execute(*table.join(record_activity,
+                    condition=table.record_activity == record_activity.id
+                    ).join(record,
+                    condition=record_activity.record == record.id
+                    ).join(scenario,
+                    condition=record.scenario == scenario.id
+                    ).select(
+                    table.id, record.blocked, scenario.state,
+                    where=reduce_ids(table.id, sub)
+                    & (table.state == 'pending')
+                    & (table.next_attempt <= now),
                     for_=for_))
-            pending.extend(i for i, s in cursor if s == 'pending')
-        for sub in grouped_slice(pending, backend.MAX_QUERY_PARAMS):
+            for email_id, record_blocked, scenario_state in cursor:
+                if record_blocked:
+                    blocked.append(email_id)
+                elif scenario_state == 'running':
+                    pending.append(email_id)
+        cls._lease(pending)
+        for sub in grouped_slice(blocked, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.update(
-                    [table.next_attempt], [now + LEASE],
+                    [table.state, table.error],
+                    ['failed', gettext(
+                            'marketing_automation.msg_email_blocked')],
                     where=reduce_ids(table.id, sub)))
         transaction.commit()
 
         if pending:
             cls._send(pending)
         cls._complete(ids)
+
+    @classmethod
+    def _lease(cls, ids):
+        "Keep other runs away from the emails for a while"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        until = datetime.datetime.now() + LEASE
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.update(
+                    [table.next_attempt], [until],
+                    where=reduce_ids(table.id, sub)
+                    & (table.state == 'pending')))
 
     @classmethod
     def _send(cls, ids):
@@ -453,6 +496,8 @@ class Email(ModelSQL, ModelView):
         server = None
         try:
             for sub in grouped_slice(ids, 100):
+                sub = list(sub)
+                cls._lease(sub)
                 cursor.execute(*table.select(
                         table.id, table.sender, table.address, table.message,
                         table.attempts,
@@ -465,8 +510,7 @@ class Email(ModelSQL, ModelView):
                         try:
                             server = get_smtp_server(strict=True)
                         except (OSError, smtplib.SMTPException) as exception:
-                            cls._postpone(
-                                ids, _describe(exception), all_pending=True)
+                            cls._postpone(ids, _describe(exception))
                             return
                     try:
                         server.sendmail(sender, [address], bytes(message))
@@ -482,8 +526,7 @@ class Email(ModelSQL, ModelView):
                     except (OSError, smtplib.SMTPException) as exception:
                         # The connection is lost: the rest waits for later.
                         server = None
-                        cls._postpone(
-                            ids, _describe(exception), all_pending=True)
+                        cls._postpone(ids, _describe(exception))
                         return
                     else:
                         cursor.execute(*table.update(
@@ -513,7 +556,7 @@ class Email(ModelSQL, ModelView):
                     where=table.id == email_id))
 
     @classmethod
-    def _postpone(cls, ids, error, all_pending=False):
+    def _postpone(cls, ids, error):
         "Let the pending emails wait for a later attempt"
         transaction = Transaction()
         table = cls.__table__()
@@ -527,7 +570,9 @@ class Email(ModelSQL, ModelView):
             for email_id, attempts in cursor.fetchall():
                 attempts += 1
                 if attempts >= MAX_ATTEMPTS:
-                    values = ['failed', attempts, now, error]
+                    values = ['failed', attempts, now, gettext(
+                            'marketing_automation.msg_email_gave_up',
+                            attempts=attempts, error=error)]
                 else:
                     values = [
                         'pending', attempts, now + retry_delay(attempts),

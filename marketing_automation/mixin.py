@@ -29,5 +29,5 @@ class MarketingAutomationMixin:
         from trytond.pool import Pool
         ModelData = Pool().get('ir.model.data')
         return {
-            'groups': [ModelData.get_id('marketing', 'group_marketing')],
+            '_groups': (ModelData.get_id('marketing', 'group_marketing'),),
             }
