@@ -1246,56 +1246,81 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @classmethod
     @ModelView.button
     def on_email_opened(cls, record_activities):
-        cls._on_event(record_activities, 'email_opened')
+        cls._on_events(record_activities, ['email_opened'])
 
     @classmethod
     @ModelView.button
     def on_email_clicked(cls, record_activities):
         # A click reveals an open that the mail client did not report.
-        cls._on_event(record_activities, 'email_opened')
-        cls._on_event(record_activities, 'email_clicked')
+        cls._on_events(record_activities, ['email_opened', 'email_clicked'])
 
     @classmethod
-    def _on_event(cls, record_activities, event):
-        "Flag the event and make the children waiting for it due"
+    def _on_events(cls, record_activities, events):
+        """Flag the events on the done entries and make the children waiting
+        for them due (or cancel those waiting for them not to happen)"""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
         table = cls.__table__()
+        activity = Activity.__table__()
         cursor = Transaction().connection.cursor()
-        flag = getattr(table, event)
-        ids = [r.id for r in record_activities]
+        ids = list(map(int, record_activities))
         if not ids:
             return
-        cursor.execute(*table.select(
-                table.id, table.activity, table.record,
-                where=reduce_ids(table.id, ids)
-                & (table.state == 'done')
-                & (flag == Literal(False))))
-        rows = cursor.fetchall()
-        if not rows:
+        flags = [getattr(table, e) for e in events]
+        new = defaultdict(list)
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.select(
+                    table.id, table.activity, table.record, *flags,
+                    where=reduce_ids(table.id, sub)
+                    & (table.state == 'done')))
+            for id_, activity_id, record_id, *flagged in cursor:
+                for event, done in zip(events, flagged):
+                    if not done:
+                        new[event].append((id_, activity_id, record_id))
+        if not new:
             return
-        cursor.execute(*table.update(
-                [flag], [True],
-                where=reduce_ids(table.id, [r[0] for r in rows])))
-        Activity = Pool().get('marketing.automation.activity')
+        for event, rows in new.items():
+            for sub in grouped_slice(rows, backend.MAX_QUERY_PARAMS):
+                cursor.execute(*table.update(
+                        [getattr(table, event)], [True],
+                        where=reduce_ids(table.id, [r[0] for r in sub])))
+
+        parents = {r[1] for rows in new.values() for r in rows}
+        cursor.execute(*activity.select(
+                activity.id, activity.parent, activity.event,
+                activity.negative, activity.delay,
+                where=activity.parent.in_([
+                        '%s,%s' % (Activity.__name__, p) for p in parents])
+                & activity.event.in_(list(new))))
+        children = defaultdict(list)
+        for child_id, parent, event, negative, delay in cursor:
+            if delay is not None and not isinstance(
+                    delay, datetime.timedelta):
+                delay = datetime.timedelta(seconds=delay)
+            children[int(parent.split(',')[1]), event].append(
+                (child_id, negative, delay))
         now = _now()
-        for activity_id, group in groupby(
-                sorted(rows, key=lambda r: r[1]), key=lambda r: r[1]):
-            record_ids = [r[2] for r in group]
-            for child in Activity(activity_id).children:
-                if child.event != event:
-                    continue
-                where = ((table.activity == child.id)
-                    & (table.state == 'waiting')
-                    & reduce_ids(table.record, record_ids))
-                if child.negative:
-                    cursor.execute(*table.update(
-                            [table.state, table.write_date],
-                            ['cancelled', now], where=where))
-                else:
-                    cursor.execute(*table.update(
-                            [table.at, table.write_date],
-                            [now + (child.delay or datetime.timedelta()),
-                                now],
-                            where=where & (table.at == Null)))
+        for event, rows in new.items():
+            rows.sort(key=lambda r: r[1])
+            for activity_id, group in groupby(rows, key=lambda r: r[1]):
+                record_ids = [r[2] for r in group]
+                for child_id, negative, delay in children.get(
+                        (activity_id, event), []):
+                    for sub in grouped_slice(
+                            record_ids, backend.MAX_QUERY_PARAMS):
+                        where = ((table.activity == child_id)
+                            & (table.state == 'waiting')
+                            & reduce_ids(table.record, sub))
+                        if negative:
+                            cursor.execute(*table.update(
+                                    [table.state, table.write_date],
+                                    ['cancelled', now], where=where))
+                        else:
+                            cursor.execute(*table.update(
+                                    [table.at, table.write_date],
+                                    [now + (delay or datetime.timedelta()),
+                                        now],
+                                    where=where & (table.at == Null)))
 
 
 def _underlying_records(entries):

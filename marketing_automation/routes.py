@@ -62,15 +62,12 @@ def empty_gif(request):
 @with_transaction(readonly=False)
 def tracked_link(request, pool, token):
     ShortenedURL = pool.get('web.shortened_url')
-    shortened = ShortenedURL.get_by_token(token)
-    if shortened is None:
-        abort(HTTPStatus.NOT_FOUND)
     # Scanners probe links with HEAD: it must not count as a visit.
-    if request.method == 'GET':
-        url = shortened.access()
-    else:
-        url = shortened.redirect_url
-    if shortened.method and shortened.method.endswith('|on_email_opened'):
+    visit = ShortenedURL.visit(token, count=request.method == 'GET')
+    if visit is None:
+        abort(HTTPStatus.NOT_FOUND)
+    url, method = visit
+    if method and method.endswith('|on_email_opened'):
         return redirect(url, code=HTTPStatus.FOUND, Response=_NoCacheResponse)
     return redirect(url, code=HTTPStatus.MOVED_PERMANENTLY)
 

@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
+import datetime
+
 from sql import Null
 
 from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
+from trytond.transaction import Transaction
 
 from . import mailing
 
@@ -61,22 +64,35 @@ class ShortenedURL(metaclass=PoolMeta):
         return shortened
 
     @classmethod
-    def get_by_token(cls, token):
-        "The tracked link of token, or None"
+    def visit(cls, token, count=True):
+        """Follow the tracked link of token.
+
+        Returns its redirect URL and its method, or None when no link has
+        this token.  With count, the visit is recorded and the link's event
+        fired."""
+        pool = Pool()
+        URLAccess = pool.get('web.shortened_url.access')
         if not mailing.is_token(token):
             return None
-        shortened = cls.search([('token', '=', token)], limit=1)
-        return shortened[0] if shortened else None
-
-    def access(self, **values):
-        if not self.token:
-            return super().access(**values)
-        # A tracked link fires its event at once: the event is cheap and the
-        # recipient's next email must not wait for a worker.
-        URLAccess = Pool().get('web.shortened_url.access')
-        URLAccess(url=self, **values).save()
-        if self.record and self.method:
-            model, method = self.method.split('|')
-            if model == self.record.__class__.__name__:
-                getattr(self.record.__class__, method)([self.record])
-        return self.redirect_url
+        table = cls.__table__()
+        access = URLAccess.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        cursor.execute(*table.select(
+                table.id, table.redirect_url, table.record, table.method,
+                where=table.token == token, limit=1))
+        row = cursor.fetchone()
+        if not row:
+            return None
+        url_id, redirect_url, record, method = row
+        if count:
+            cursor.execute(*access.insert(
+                    [access.create_uid, access.create_date, access.url],
+                    [[transaction.user, datetime.datetime.now(), url_id]]))
+            if record and method:
+                model, method_name = method.split('|')
+                record_model, record_id = record.split(',')
+                if model == record_model:
+                    Model = pool.get(model)
+                    getattr(Model, method_name)([Model(int(record_id))])
+        return redirect_url, method
