@@ -23,7 +23,6 @@ from sql.functions import DateTrunc
 from sql.operators import Concat, Exists
 
 from trytond import backend
-from trytond.config import config
 from trytond.i18n import gettext
 from trytond.model import (
     EvalEnvironment, Index, ModelSQL, ModelView, Unique, Workflow, fields)
@@ -36,6 +35,7 @@ from trytond.transaction import Transaction
 from . import mailing, marketing_automation_email
 from .exceptions import ActivityError, ConditionError, DomainError
 from .mixin import MarketingAutomationMixin
+from .tools import BROWSE_SIZE, batch_size, for_update, queue
 
 EVENTS = {
     'send_email': ['email_opened', 'email_clicked'],
@@ -43,13 +43,8 @@ EVENTS = {
 TREND_PERIODS = 10
 
 
-def batch_size():
-    "How many records the engine handles in one statement"
-    return config.getint('marketing', 'automation_batch_size', default=1000)
-
-
 def _now():
-    return datetime.datetime.now()
+    return datetime.datetime.now().replace(microsecond=0)
 
 
 def _eval_environment():
@@ -1111,8 +1106,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         table, _, _, from_, due = cls._due_query(_now())
         size = batch_size()
         last_id = 0
-        queue_batch = config.getint(
-            'marketing', 'automation_queue_batch_size', default=None) or True
         while True:
             cursor.execute(*from_.select(
                     table.id,
@@ -1123,8 +1116,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             if not ids:
                 break
             last_id = ids[-1]
-            with Transaction().set_context(queue_batch=queue_batch):
-                cls.__queue__.do(ids)
+            queue(cls.__queue__.do, ids)
 
     @classmethod
     def do(cls, record_activities):
@@ -1143,10 +1135,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         table, record, _, from_, due = cls._due_query(now)
 
         # Lock the entries so that concurrent workers do each one once.
-        for_ = None
-        if backend.name == 'postgresql':
-            from sql import For
-            for_ = For('UPDATE', table)
+        for_ = for_update(table)
         cursor.execute(*from_.select(
                 table.id, table.activity, table.record, record.record,
                 where=due & reduce_ids(table.id, record_activities),
@@ -1169,7 +1158,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         cls._write_done(done, errors)
         if deferred:
             Email = pool.get('marketing.automation.email')
-            Email.__queue__.deliver(Email.of_record_activities(deferred))
+            queue(Email.__queue__.deliver,
+                Email.of_record_activities(deferred))
 
     @classmethod
     def _write_done(cls, ids, errors, sent=()):
@@ -1337,7 +1327,7 @@ def _underlying_records(entries):
     with Transaction().set_context(active_test=False, _check_access=False):
         for model_name, entry_of in by_model.items():
             Model = pool.get(model_name)
-            for sub in grouped_slice(list(entry_of), backend.MAX_QUERY_PARAMS):
+            for sub in grouped_slice(list(entry_of), BROWSE_SIZE):
                 for record in Model.search(
                         [('id', 'in', list(sub))], order=[]):
                     underlying[entry_of[record.id]] = record

@@ -42,6 +42,7 @@ from trytond.wsgi import Base64Converter
 
 from . import mailing
 from .exceptions import TemplateError
+from .tools import BROWSE_SIZE, for_update, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, RECORD_ACTIVITY
 
 try:
@@ -173,7 +174,9 @@ def prepare(activity, records):
     database = database_b64()
     domain = email_domain()
     secret = Secret.get()
-    now = datetime.datetime.now()
+    # whole seconds: PostgreSQL rounds the microseconds of a timestamp(0),
+    # which could put the first attempt after the delivery that follows
+    now = datetime.datetime.now().replace(microsecond=0)
     links, emails = [], []
     for language, entries in by_language.items():
         with transaction.set_context(language=language):
@@ -288,7 +291,7 @@ def _marketing_parties(records):
     parties = {}
     with Transaction().set_context(_check_access=False):
         for Model, ids in by_model.items():
-            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            for sub in grouped_slice(ids, BROWSE_SIZE):
                 for values in Model.read(list(sub), ['marketing_party']):
                     parties[Model(values['id'])] = values['marketing_party']
     return parties
@@ -405,7 +408,6 @@ class Email(ModelSQL, ModelView):
     @classmethod
     def ready(cls):
         "Queue the emails that wait for delivery or for their completion"
-        from .marketing_automation import batch_size
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         now = datetime.datetime.now()
@@ -416,9 +418,7 @@ class Email(ModelSQL, ModelView):
                 | (table.state != 'pending'),
                 order_by=[table.id.asc]))
         ids = [i for i, in cursor]
-        with Transaction().set_context(queue_batch=True):
-            for sub in grouped_slice(ids, batch_size()):
-                cls.__queue__.deliver(list(sub))
+        queue(cls.__queue__.deliver, ids)
 
     @classmethod
     def deliver(cls, emails):
@@ -440,10 +440,7 @@ class Email(ModelSQL, ModelView):
         record_activity = RecordActivity.__table__()
         record = Record.__table__()
         scenario = Scenario.__table__()
-        for_ = None
-        if backend.name == 'postgresql':
-            from sql import For
-            for_ = For('UPDATE', table)
+        for_ = for_update(table)
         pending, blocked = [], []
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.join(record_activity,
@@ -473,7 +470,8 @@ class Email(ModelSQL, ModelView):
         transaction.commit()
 
         if pending:
-            cls._send(pending)
+            with quick_commits(cursor):
+                cls._send(pending)
         cls._complete(ids)
 
     @classmethod

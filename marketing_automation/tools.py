@@ -1,0 +1,62 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"How the engine cuts its work into batches, queues and locks it."
+from contextlib import contextmanager
+
+from sql import For
+
+from trytond import backend
+from trytond.config import config
+from trytond.tools import grouped_slice
+from trytond.transaction import Transaction
+
+# trytond checks every id of a browsed list against the others: lists of
+# instances stay short so this does not cost more than the work.
+BROWSE_SIZE = 200
+
+
+def batch_size():
+    "How many records the engine handles in one statement"
+    return config.getint('marketing', 'automation_batch_size', default=1000)
+
+
+def queue(method, ids):
+    """Queue the method of a model for the ids in tasks that share the work
+    among workers"""
+    batch = config.getint(
+        'marketing', 'automation_queue_batch_size', default=None) or True
+    with Transaction().set_context(queue_batch=batch):
+        for sub in grouped_slice(ids, BROWSE_SIZE):
+            method(list(sub))
+
+
+class _ForUpdateOf(For):
+    "FOR UPDATE OF the aliases the tables have in the query"
+
+    def __str__(self):
+        return 'FOR UPDATE OF ' + ', '.join(
+            '"%s"' % table.alias for table in self.tables)
+
+
+def for_update(*tables):
+    """The locking clause of a select that takes rows of tables for this
+    transaction, or None where the database has no row locks (SQLite
+    serialises writers anyway)"""
+    if backend.name == 'postgresql':
+        return _ForUpdateOf('UPDATE', *tables)
+
+
+@contextmanager
+def quick_commits(cursor):
+    """Let PostgreSQL acknowledge commits before their WAL reaches the disk.
+
+    A commit then costs a round trip instead of a disk flush.  What a killed
+    process committed is kept all the same; only a crash of the database
+    server itself may lose the last fraction of a second of commits."""
+    if backend.name != 'postgresql':
+        yield
+        return
+    cursor.execute('SET synchronous_commit TO OFF')
+    try:
+        yield
+    finally:
+        cursor.execute('RESET synchronous_commit')
