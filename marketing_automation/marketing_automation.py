@@ -523,6 +523,14 @@ class Activity(ModelSQL, ModelView):
 
     record_count = fields.Function(
         fields.Integer("Records"), 'get_statistics')
+    email_sent = fields.Function(
+        fields.Integer(
+            "Emails Sent",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                },
+            help="How many emails the mail server accepted."),
+        'get_statistics')
     email_opened = fields.Function(
         fields.Integer(
             "Emails Opened",
@@ -761,28 +769,36 @@ class Activity(ModelSQL, ModelView):
         record_activity = RecordActivity.__table__()
         cursor = Transaction().connection.cursor()
 
-        counts = {a.id: (0, 0, 0) for a in activities}
+        counts = {a.id: (0, 0, 0, 0) for a in activities}
+        sent = record_activity.email_sent == Literal(True)
         for sub in grouped_slice(activities, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record_activity.select(
                     record_activity.activity,
                     Count(),
-                    Sum(Case((record_activity.email_opened, 1), else_=0)),
-                    Sum(Case((record_activity.email_clicked, 1), else_=0)),
+                    Sum(Case((sent, 1), else_=0)),
+                    Sum(Case((sent & record_activity.email_opened, 1),
+                            else_=0)),
+                    Sum(Case((sent & record_activity.email_clicked, 1),
+                            else_=0)),
                     where=reduce_ids(
                         record_activity.activity, [a.id for a in sub])
                     & (record_activity.state == 'done'),
                     group_by=[record_activity.activity]))
-            for activity_id, count, opened, clicked in cursor:
-                counts[activity_id] = (count, opened or 0, clicked or 0)
+            for activity_id, count, *emails in cursor:
+                counts[activity_id] = (count, *(e or 0 for e in emails))
 
         result = {n: {} for n in names}
-        for activity_id, (count, opened, clicked) in counts.items():
+        for activity_id, (count, sent, opened, clicked) in counts.items():
             values = {
                 'record_count': count,
+                'email_sent': sent,
                 'email_opened': opened,
                 'email_clicked': clicked,
-                'email_open_rate': _round_rate(opened, count),
-                'email_click_rate': _round_rate(clicked, count),
+                # Rates are over the emails that reached the server: an
+                # entry whose email was not sent can be neither opened nor
+                # clicked.
+                'email_open_rate': _round_rate(opened, sent),
+                'email_click_rate': _round_rate(clicked, sent),
                 'email_click_through_rate': _round_rate(clicked, opened),
                 }
             for name in names:
@@ -799,25 +815,28 @@ class Activity(ModelSQL, ModelView):
         date = DateTrunc(period, record_activity.at).as_('date')
 
         series = {a.id: {} for a in activities}
+        sent = record_activity.email_sent == Literal(True)
         for sub in grouped_slice(activities, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record_activity.select(
                     record_activity.activity, date,
-                    Count(),
-                    Sum(Case((record_activity.email_opened, 1), else_=0)),
-                    Sum(Case((record_activity.email_clicked, 1), else_=0)),
+                    Sum(Case((sent, 1), else_=0)),
+                    Sum(Case((sent & record_activity.email_opened, 1),
+                            else_=0)),
+                    Sum(Case((sent & record_activity.email_clicked, 1),
+                            else_=0)),
                     where=reduce_ids(
                         record_activity.activity, [a.id for a in sub])
                     & (record_activity.state == 'done')
                     & (record_activity.at >= starts[0]),
                     group_by=[record_activity.activity, date]))
-            for activity_id, start, count, opened, clicked in cursor:
-                series[activity_id][_as_date(start)] = (
-                    count, opened or 0, clicked or 0)
+            for activity_id, start, *emails in cursor:
+                series[activity_id][_as_date(start)] = tuple(
+                    e or 0 for e in emails)
 
-        def rate(name, count, opened, clicked):
+        def rate(name, sent, opened, clicked):
             return {
-                'email_open_rate_trend': _round_rate(opened, count),
-                'email_click_rate_trend': _round_rate(clicked, count),
+                'email_open_rate_trend': _round_rate(opened, sent),
+                'email_click_rate_trend': _round_rate(clicked, sent),
                 'email_click_through_rate_trend': _round_rate(
                     clicked, opened),
                 }[name]
@@ -999,6 +1018,29 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                         'state', 'activity_action', 'email_clicked'],
                     },
                 })
+
+    @classmethod
+    def __register__(cls, module):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        migrate_sent = (
+            backend.TableHandler.table_exist(cls._table)
+            and not cls.__table_handler__(module).column_exist('email_sent'))
+
+        super().__register__(module)
+
+        # Databases of the other module know no delivery status: their done
+        # email entries were sent as far as anybody can tell.
+        if migrate_sent:
+            table = cls.__table__()
+            activity = Activity.__table__()
+            cursor = Transaction().connection.cursor()
+            cursor.execute(*table.update(
+                    [table.email_sent], [True],
+                    where=(table.state == 'done')
+                    & table.activity.in_(activity.select(
+                            activity.id,
+                            where=activity.action == 'send_email'))))
 
     @classmethod
     def get_activity_actions(cls):
