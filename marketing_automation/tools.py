@@ -21,9 +21,13 @@ def batch_size():
 
 def queue(method, ids):
     """Queue the method of a model for the ids in tasks that share the work
-    among workers"""
+    among workers.
+
+    A task costs a transaction and, for emails, a connection to the mail
+    server: trytond's default of 20 records a task is too few for work
+    this cheap per record."""
     batch = config.getint(
-        'marketing', 'automation_queue_batch_size', default=None) or True
+        'marketing', 'automation_queue_batch_size', default=BROWSE_SIZE)
     with Transaction().set_context(queue_batch=batch):
         for sub in grouped_slice(ids, BROWSE_SIZE):
             method(list(sub))

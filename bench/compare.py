@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Measure this module against Tryton's own marketing_automation.
+
+    python3 bench/compare.py --db postgresql --n 10000 --queue worker
+
+For each module it runs the shared harness (bench_ma.py, found beside the
+repository in ../shared/bench or at $BENCH_MA) with the same options, each
+in its own virtual environment, one right after the other, and prints the
+figures of both and their ratios.  The first line says what was measured.
+
+The environments are made on first use under bench/.venv-*:
+- "ours": this repository installed in editable mode;
+- "upstream": trytond-marketing-automation from PyPI.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SERIES = '8.0'
+COMMON = [
+    'trytond>=%s,<%s.1' % (SERIES, SERIES),
+    'trytond-party>=%s,<%s.1' % (SERIES, SERIES),
+    'psycopg[binary,pool]>=3', 'aiosmtpd', 'html2text',
+    ]
+MODULES = {
+    'upstream': ['trytond-marketing-automation>=%s,<%s.1' % (SERIES, SERIES)],
+    'ours': ['-e', str(ROOT)],
+    }
+# The phases whose time per unit is compared, and their unit
+PHASES = {
+    'a_trigger': 'records',
+    'b_process': 'emails_received',
+    'c_click': 'requests',
+    'd_process': 'emails_received',
+    'e_unsubscribe': 'requests',
+    'f_process_delayed': 'emails_received',
+    }
+
+
+def harness():
+    path = os.environ.get('BENCH_MA') or ROOT.parent / 'shared' / 'bench' / (
+        'bench_ma.py')
+    path = Path(path)
+    if not path.exists():
+        sys.exit("bench_ma.py not found: set BENCH_MA to its path")
+    return path
+
+
+def environment(name):
+    "The python of the virtual environment of name, made if missing"
+    venv = HERE / ('.venv-' + name)
+    python = venv / 'bin' / 'python'
+    if not python.exists():
+        subprocess.run(
+            [sys.executable, '-m', 'venv', str(venv)], check=True)
+        subprocess.run(
+            [str(python), '-m', 'pip', 'install', '--quiet', '--upgrade',
+                'pip'], check=True)
+        subprocess.run(
+            [str(python), '-m', 'pip', 'install', '--quiet']
+            + COMMON + MODULES[name], check=True)
+    return python
+
+
+def versions(python):
+    "The distribution and version of the module and of trytond"
+    code = (
+        'import importlib.metadata as m, json\n'
+        'names = {"trytond": m.version("trytond")}\n'
+        'for d in m.distributions():\n'
+        '    if "trytond.modules" in (d.read_text("entry_points.txt") or "")'
+        ' and "marketing_automation" in (d.read_text("entry_points.txt")'
+        ' or ""):\n'
+        '        names[d.metadata["Name"]] = d.version\n'
+        'print(json.dumps(names))\n')
+    output = subprocess.run(
+        [str(python), '-c', code], check=True, capture_output=True,
+        text=True).stdout
+    return json.loads(output)
+
+
+def measure(name, python, args, out):
+    path = out / ('%s-%s-%s-n%d.json' % (name, args.db, args.queue, args.n))
+    command = [str(python), str(harness()), '--db', args.db,
+        '--n', str(args.n), '--queue', args.queue, '--label', name,
+        '--json', str(path)]
+    if not args.delayed:
+        command.append('--no-delayed')
+    if args.queue_batch_size:
+        command += ['--queue-batch-size', str(args.queue_batch_size)]
+    print('# running %s: %s' % (name, ' '.join(command[1:])),
+        file=sys.stderr, flush=True)
+    started = time.monotonic()
+    # the harness exits 1 when a check fails: the figures are still kept
+    subprocess.run(command, stdout=subprocess.DEVNULL, timeout=args.timeout)
+    if not path.exists():
+        raise RuntimeError('%s gave no result' % name)
+    print('# %s took %.0f s' % (name, time.monotonic() - started),
+        file=sys.stderr, flush=True)
+    with path.open() as file:
+        return json.loads(file.readline())
+
+
+def per_unit(result, phase):
+    figures = result['phases'].get(phase)
+    if not figures:
+        return None, None, None
+    units = figures.get(PHASES[phase]) or 0
+    if not units:
+        return figures['seconds'], None, None
+    return (figures['seconds'], figures['seconds'] / units,
+        figures['statements'] / units)
+
+
+def report(results):
+    names = list(results)
+    head = ['phase']
+    for name in names:
+        head += ['%s s' % name, '%s ms/unit' % name, '%s stmts/unit' % name]
+    if len(names) == 2:
+        head.append('ratio %s/%s' % tuple(names))
+    print('| ' + ' | '.join(head) + ' |')
+    print('|---' * len(head) + '|')
+    for phase in PHASES:
+        cells, times = [], []
+        for name in names:
+            seconds, per, statements = per_unit(results[name], phase)
+            times.append(per)
+            cells += [
+                '-' if seconds is None else '%.2f' % seconds,
+                '-' if per is None else '%.2f' % (per * 1000),
+                '-' if statements is None else '%.1f' % statements]
+        if len(names) == 2:
+            ratio = (
+                '%.1f×' % (times[0] / times[1])
+                if times[0] and times[1] else '-')
+            cells.append(ratio)
+        print('| %s | %s |' % (phase, ' | '.join(cells)))
+    for name in names:
+        result = results[name]
+        failed = [c for c, v in result['checks'].items() if not v['ok']]
+        peak = max(
+            (p.get('peak_rss_mb') or 0) for p in result['phases'].values())
+        print('%s: peak RSS %.0f MB, load %s at start, checks failed: %s'
+            % (name, peak, result['env'].get('loadavg_start'),
+                ', '.join(failed) or 'none'))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--db', choices=['sqlite', 'postgresql'],
+        default='sqlite')
+    parser.add_argument('--n', type=int, default=1000)
+    parser.add_argument('--queue', choices=['inline', 'worker'],
+        default='worker')
+    parser.add_argument('--queue-batch-size', type=int, default=0)
+    parser.add_argument('--delayed', action=argparse.BooleanOptionalAction,
+        default=True)
+    parser.add_argument('--modules', default='upstream,ours',
+        help="which modules to measure, in this order")
+    parser.add_argument('--timeout', type=float, default=None,
+        help="seconds after which a module's run is given up")
+    parser.add_argument('--out', default=str(HERE / 'results'))
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pythons = {n: environment(n) for n in args.modules.split(',')}
+    print('# measured: ' + '; '.join(
+            '%s = %s' % (n, ', '.join(
+                    '%s %s' % i for i in versions(p).items()))
+            for n, p in pythons.items())
+        + '; db=%s n=%d queue=%s' % (args.db, args.n, args.queue),
+        flush=True)
+    results = {}
+    for name, python in pythons.items():
+        try:
+            results[name] = measure(name, python, args, out)
+        except subprocess.TimeoutExpired:
+            print('# %s did not finish within %s s'
+                % (name, args.timeout), flush=True)
+        except RuntimeError as error:
+            print('# %s' % error, flush=True)
+    if results:
+        report(results)
+
+
+if __name__ == '__main__':
+    main()
