@@ -28,8 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, 'tests')
 MODULE = os.path.join(ROOT, 'marketing_automation')
 DEFAULT_PG_URI = 'postgresql://postgres@127.0.0.1:5432/'
-# Caches older than that are removed when a new one is made.
-CACHE_MAX_AGE = 7 * 24 * 60 * 60
+# Enough for the trytond series tested side by side; a cache used less than
+# CACHE_IN_USE seconds ago may still be read by another run.
+CACHES_KEPT = 4
+CACHE_IN_USE = 2 * 60 * 60
 
 
 def parse_args(argv=None):
@@ -92,18 +94,28 @@ def database_cache():
         os.path.expanduser('~'), '.cache')
     caches = os.path.join(cache_home, 'marketing_automation', 'db')
     cache = os.path.join(caches, sources_digest())
-    if not os.path.isdir(cache):
-        remove_old_caches(caches)
+    os.makedirs(cache, exist_ok=True)
+    # The modification time tells which caches were used last.
+    os.utime(cache)
+    remove_old_caches(caches)
     return cache
 
 
 def remove_old_caches(caches):
-    if not os.path.isdir(caches):
-        return
+    "Keep only the caches used last, every change of the sources makes one"
+    def last_use(path):
+        try:
+            return os.path.getmtime(path)
+        except OSError:
+            # removed meanwhile by another run
+            return 0
+
+    paths = sorted(
+        (os.path.join(caches, name) for name in os.listdir(caches)),
+        key=last_use, reverse=True)
     now = time.time()
-    for name in os.listdir(caches):
-        path = os.path.join(caches, name)
-        if now - os.path.getmtime(path) > CACHE_MAX_AGE:
+    for path in paths[CACHES_KEPT:]:
+        if now - last_use(path) > CACHE_IN_USE:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -115,7 +127,8 @@ def setup_environment(args):
     else:
         os.environ.setdefault(
             'DB_NAME', f'test_ma_{os.getpid()}_{int(time.time())}')
-    os.environ.setdefault('DB_CACHE', database_cache())
+    if 'DB_CACHE' not in os.environ:
+        os.environ['DB_CACHE'] = database_cache()
 
 
 class ProgressResult(unittest.TestResult):

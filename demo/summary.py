@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A live summary of the marketing scenarios of a SQLite database.
+
+    python demo/summary.py DATABASE_FILE MAILS_FOLDER [--every SECONDS]
+        [--once]
+
+It reads the database read-only every few seconds and shows, for each
+scenario, its records and how many are blocked (unsubscribed), and for each
+activity the entries waiting (for their time or their event; those of
+blocked records never run and are left out), done and cancelled, the emails
+sent, opened and clicked, and the errors (for example a party without an
+email address).  On a terminal the summary is redrawn in place;
+otherwise it is printed again only when a number changes."""
+import argparse
+import datetime
+import os
+import sqlite3
+import sys
+import time
+
+COLUMNS = [
+    ('waiting', "waiting", 8), ('done', "done", 6), ('sent', "sent", 6),
+    ('opened', "opened", 8), ('clicked', "clicked", 8),
+    ('cancelled', "cancelled", 10), ('errors', "errors", 8),
+    ]
+NAME_WIDTH = 23
+EVENTS = {
+    ('email_opened', 0): "on open",
+    ('email_opened', 1): "if not opened",
+    ('email_clicked', 0): "on click",
+    ('email_clicked', 1): "if not clicked",
+    }
+
+
+def connect(path):
+    uri = 'file:%s?mode=ro' % path
+    connection = sqlite3.connect(uri, uri=True, timeout=10)
+    return connection
+
+
+def utcnow():
+    # trytond stores naive datetimes in UTC
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def parse_datetime(value):
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromisoformat(str(value))
+
+
+def duration(delta):
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds >= 3600:
+        return '%dh %02dm' % (seconds // 3600, seconds % 3600 // 60)
+    if seconds >= 60:
+        return '%dm %02ds' % (seconds // 60, seconds % 60)
+    return '%ds' % seconds
+
+
+def read(connection):
+    "The numbers of the summary, as plain data"
+    cursor = connection.cursor()
+    now = utcnow()
+    scenarios = []
+    cursor.execute(
+        'SELECT id, name, state FROM marketing_automation_scenario '
+        'ORDER BY id')
+    for scenario_id, name, state in cursor.fetchall():
+        cursor.execute(
+            'SELECT COUNT(*), COALESCE(SUM(CASE WHEN blocked THEN 1 '
+            'ELSE 0 END), 0) FROM marketing_automation_record '
+            'WHERE scenario = ?', (scenario_id,))
+        records, blocked = cursor.fetchone()
+        scenarios.append({
+                'id': scenario_id, 'name': name, 'state': state,
+                'records': records, 'blocked': blocked,
+                'activities': activities(
+                    cursor, 'marketing.automation.scenario,%s' % scenario_id,
+                    now),
+                })
+    cursor.execute(
+        "SELECT COUNT(*) FROM marketing_automation_email "
+        "WHERE state = 'pending'")
+    pending, = cursor.fetchone()
+    cursor.execute(
+        "SELECT MAX(l.ended) FROM ir_cron_log AS l "
+        "JOIN ir_cron AS c ON c.id = l.cron "
+        "WHERE c.method LIKE 'marketing.automation.%'")
+    last_cron, = cursor.fetchone()
+    return {
+        'scenarios': scenarios, 'pending': pending,
+        'last_cron': parse_datetime(last_cron), 'now': now,
+        }
+
+
+def activities(cursor, parent, now, depth=0):
+    cursor.execute(
+        'SELECT id, name, event, negative, delay '
+        'FROM marketing_automation_activity WHERE parent = ? ORDER BY id',
+        (parent,))
+    result = []
+    for activity_id, name, event, negative, delay in cursor.fetchall():
+        # The entries of blocked records stay waiting but never run: they
+        # are not counted as waiting.
+        waiting = "a.state = 'waiting' AND NOT r.blocked"
+        cursor.execute(
+            "SELECT "
+            f"COALESCE(SUM(CASE WHEN {waiting} THEN 1 ELSE 0 END), 0),"
+            "COALESCE(SUM(CASE WHEN a.state = 'done' THEN 1 ELSE 0 END), 0),"
+            "COALESCE(SUM(CASE WHEN a.email_sent THEN 1 ELSE 0 END), 0),"
+            "COALESCE(SUM(CASE WHEN a.email_opened THEN 1 ELSE 0 END), 0),"
+            "COALESCE(SUM(CASE WHEN a.email_clicked THEN 1 ELSE 0 END), 0),"
+            "COALESCE(SUM(CASE WHEN a.state = 'cancelled' THEN 1 ELSE 0 END),"
+            " 0),"
+            "COALESCE(SUM(CASE WHEN a.error IS NOT NULL AND a.error != '' "
+            "THEN 1 ELSE 0 END), 0), "
+            f"MIN(CASE WHEN {waiting} THEN a.at END) "
+            "FROM marketing_automation_record_activity AS a "
+            "JOIN marketing_automation_record AS r ON r.id = a.record "
+            "WHERE a.activity = ?",
+            (activity_id,))
+        *counts, next_at = cursor.fetchone()
+        when = []
+        if event:
+            when.append(EVENTS.get((event, int(bool(negative))), event))
+        if delay:
+            when.append('after %s' % duration(
+                    datetime.timedelta(seconds=float(delay))))
+        next_at = parse_datetime(next_at)
+        result.append({
+                'name': name, 'depth': depth, 'when': ' '.join(when),
+                'counts': dict(zip([c for c, _, _ in COLUMNS], counts)),
+                'next': next_at - now if next_at else None,
+                })
+        result.extend(activities(
+                cursor, 'marketing.automation.activity,%s' % activity_id,
+                now, depth + 1))
+    return result
+
+
+def mails(folder):
+    try:
+        return sorted(n for n in os.listdir(folder) if n.endswith('.eml'))
+    except FileNotFoundError:
+        return []
+
+
+def render(data, folder):
+    "The lines of the summary and the key that tells when it changed"
+    lines, key = [], []
+    local = datetime.datetime.now().strftime('%H:%M:%S')
+    for scenario in data['scenarios']:
+        lines.append('Scenario "%s" (%s)  at %s' % (
+                scenario['name'], scenario['state'], local))
+        lines.append('  records: %s   unsubscribed (blocked): %s' % (
+                scenario['records'], scenario['blocked']))
+        lines.append('  %-*s' % (NAME_WIDTH, 'activity') + ''.join(
+                '%*s' % (width, title) for _, title, width in COLUMNS))
+        key.append((scenario['records'], scenario['blocked']))
+        for activity in scenario['activities']:
+            name = '  ' * activity['depth'] + activity['name']
+            counts = activity['counts']
+            lines.append('  %-*s' % (NAME_WIDTH, name[:NAME_WIDTH]) + ''.join(
+                    '%*s' % (width, counts[c]) for c, _, width in COLUMNS))
+            notes = []
+            if activity['when']:
+                notes.append(activity['when'])
+            if activity['next'] is not None:
+                if activity['next'].total_seconds() > 0:
+                    notes.append('next due in %s' % duration(activity['next']))
+                else:
+                    notes.append('due now, sent at the next cron run')
+            if notes:
+                lines.append('  %s  (%s)' % (
+                        '  ' * activity['depth'], ', '.join(notes)))
+            key.append(tuple(counts.values()))
+    saved = mails(folder)
+    key.append((data['pending'], len(saved)))
+    status = 'mails saved: %s' % len(saved)
+    if data['pending']:
+        status += ', %s waiting for delivery' % data['pending']
+    if data['last_cron']:
+        status += ', crons last ran %s ago' % duration(
+            data['now'] - data['last_cron'])
+    else:
+        status += ', crons not run yet'
+    lines.append('  ' + status)
+    for name in saved[-3:]:
+        lines.append('    ' + name)
+    return lines, key
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('database')
+    parser.add_argument('mails')
+    parser.add_argument('--every', type=float, default=3)
+    parser.add_argument('--once', action='store_true')
+    args = parser.parse_args(argv)
+
+    tty = sys.stdout.isatty()
+    shown, last_key = 0, None
+    try:
+        while True:
+            try:
+                connection = connect(args.database)
+                try:
+                    data = read(connection)
+                finally:
+                    connection.close()
+            except sqlite3.OperationalError as exception:
+                # busy while trytond writes: try again at the next tick
+                if args.once:
+                    raise
+                if not tty:
+                    print('(database busy: %s)' % exception, file=sys.stderr)
+                time.sleep(args.every)
+                continue
+            lines, key = render(data, args.mails)
+            if tty:
+                if shown:
+                    sys.stdout.write('\033[%dF\033[J' % shown)
+                sys.stdout.write('\n'.join(lines) + '\n')
+                shown = len(lines)
+            elif key != last_key:
+                sys.stdout.write('\n'.join(lines) + '\n\n')
+            sys.stdout.flush()
+            last_key = key
+            if args.once:
+                break
+            time.sleep(args.every)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == '__main__':
+    sys.exit(main())
