@@ -19,7 +19,6 @@ from itertools import groupby
 from sql import Cast, Literal, Null
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
-from sql.functions import DateTrunc
 from sql.operators import Concat, Exists
 
 from trytond import backend
@@ -256,12 +255,19 @@ class Scenario(Workflow, ModelSQL, ModelView):
         return result
 
     def audience_count(self):
-        "How many records the domain selects now"
+        "How many records the domain selects now, None if it cannot tell"
+        cursor = Transaction().connection.cursor()
+        _savepoint(cursor, 'marketing_audience')
         try:
             Model = Pool().get(self.model)
-            return Model.search(self.decoded_domain(), count=True)
+            count = Model.search(self.decoded_domain(), count=True)
         except Exception:
+            # a domain that fails in the database must not break the
+            # transaction of whoever reads the count
+            _rollback_to(cursor, 'marketing_audience')
             return None
+        _release(cursor, 'marketing_audience')
+        return count
 
     @classmethod
     def get_rate(cls, scenarios, name):
@@ -281,25 +287,16 @@ class Scenario(Workflow, ModelSQL, ModelView):
     @classmethod
     def get_trend(cls, scenarios, name):
         pool = Pool()
-        Record = pool.get('marketing.automation.record')
-        record = Record.__table__()
-        cursor = Transaction().connection.cursor()
+        Reporting = pool.get('marketing.automation.reporting.scenario')
         starts, period = _trend_periods()
-        date = DateTrunc(period, record.create_date).as_('date')
-        series = {s.id: {} for s in scenarios}
-        for sub in grouped_slice(scenarios, backend.MAX_QUERY_PARAMS):
-            cursor.execute(*record.select(
-                    record.scenario, date, Count(),
-                    Sum(Case((record.blocked, 1), else_=0)),
-                    where=reduce_ids(record.scenario, [s.id for s in sub])
-                    & (record.create_date >= starts[0]),
-                    group_by=[record.scenario, date]))
-            for scenario_id, start, count, blocked in cursor:
-                series[scenario_id][_as_date(start)] = _round_rate(
-                    blocked or 0, count)
+        series = Reporting.series(
+            'scenario', [s.id for s in scenarios], ['block_rate'],
+            period, starts[0])
         return {
-            s: mailing.sparkline([values.get(d, 0) for d in starts])
-            for s, values in series.items()}
+            s: mailing.sparkline([
+                    rows[d]['block_rate'] if d in rows else 0
+                    for d in starts])
+            for s, rows in series.items()}
 
     @classmethod
     def copy(cls, scenarios, default=None):
@@ -352,8 +349,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
                     unsubscribed.select(
                         unsubscribed.party,
                         where=unsubscribed.scenario == self.id))]
-        with transaction.set_context(active_test=False):
-            candidates = Model.search(domain, order=[], query=True)
+        candidates = Model.search(domain, order=[], query=True)
         candidates = candidates.select(candidates.id)
         reference = Concat(
             self.model + ',',
@@ -776,7 +772,10 @@ class Activity(ModelSQL, ModelView):
                     record_activity.activity,
                     Count(),
                     Sum(Case((sent, 1), else_=0)),
-                    Sum(Case((sent & record_activity.email_opened, 1),
+                    # A click proves an open, even when the open was not
+                    # reported.
+                    Sum(Case((sent & (record_activity.email_opened
+                                    | record_activity.email_clicked), 1),
                             else_=0)),
                     Sum(Case((sent & record_activity.email_clicked, 1),
                             else_=0)),
@@ -808,46 +807,18 @@ class Activity(ModelSQL, ModelView):
     @classmethod
     def get_trend(cls, activities, names):
         pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        record_activity = RecordActivity.__table__()
-        cursor = Transaction().connection.cursor()
+        Reporting = pool.get('marketing.automation.reporting.activity')
         starts, period = _trend_periods()
-        date = DateTrunc(period, record_activity.at).as_('date')
-
-        series = {a.id: {} for a in activities}
-        sent = record_activity.email_sent == Literal(True)
-        for sub in grouped_slice(activities, backend.MAX_QUERY_PARAMS):
-            cursor.execute(*record_activity.select(
-                    record_activity.activity, date,
-                    Sum(Case((sent, 1), else_=0)),
-                    Sum(Case((sent & record_activity.email_opened, 1),
-                            else_=0)),
-                    Sum(Case((sent & record_activity.email_clicked, 1),
-                            else_=0)),
-                    where=reduce_ids(
-                        record_activity.activity, [a.id for a in sub])
-                    & (record_activity.state == 'done')
-                    & (record_activity.at >= starts[0]),
-                    group_by=[record_activity.activity, date]))
-            for activity_id, start, *emails in cursor:
-                series[activity_id][_as_date(start)] = tuple(
-                    e or 0 for e in emails)
-
-        def rate(name, sent, opened, clicked):
-            return {
-                'email_open_rate_trend': _round_rate(opened, sent),
-                'email_click_rate_trend': _round_rate(clicked, sent),
-                'email_click_through_rate_trend': _round_rate(
-                    clicked, opened),
-                }[name]
-
-        result = {n: {} for n in names}
-        for activity_id, values in series.items():
-            for name in names:
-                result[name][activity_id] = mailing.sparkline([
-                        rate(name, *values.get(d, (0, 0, 0)))
-                        for d in starts])
-        return result
+        rates = {n: n[:-len('_trend')] for n in names}
+        series = Reporting.series(
+            'activity', [a.id for a in activities], list(rates.values()),
+            period, starts[0])
+        return {
+            name: {
+                a: mailing.sparkline([
+                        rows[d][rate] if d in rows else 0 for d in starts])
+                for a, rows in series.items()}
+            for name, rate in rates.items()}
 
 
 class Record(ModelSQL, ModelView):
@@ -892,6 +863,15 @@ class Record(ModelSQL, ModelView):
     @classmethod
     def default_uuid(cls):
         return uuid.uuid4().hex
+
+    @classmethod
+    def create(cls, vlist):
+        # the default is computed once for all the records of a call
+        vlist = [dict(v) for v in vlist]
+        for values in vlist:
+            if not values.get('uuid'):
+                values['uuid'] = cls.default_uuid()
+        return super().create(vlist)
 
     @classmethod
     def default_blocked(cls):
