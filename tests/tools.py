@@ -1,0 +1,244 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""What the tests need to play the mail server, the mail client and the
+cron of a real site.
+
+``SMTPServer`` is a real SMTP server on the loopback (aiosmtpd in a thread)
+that keeps every message it accepts, and that a test can make refuse
+connections, refuse recipients (at RCPT or at the end of DATA) or stall.
+``committed`` runs a piece of work in a transaction that is committed, then
+runs the tasks it queued as trytond does without a queue worker.
+``parse_message`` and ``html_links`` read a message as a mail client does.
+"""
+import asyncio
+import email
+import email.policy
+import logging
+import threading
+import time
+from collections import namedtuple
+from contextlib import contextmanager
+
+import lxml.html
+from aiosmtpd.controller import Controller
+
+from trytond import config
+from trytond.tests.test_tryton import DB_NAME, USER
+from trytond.transaction import Transaction
+from trytond.worker import run_task
+
+__all__ = [
+    'Received', 'SMTPServer', 'override_config', 'committed', 'run_queue',
+    'parse_message', 'html_links']
+
+Received = namedtuple('Received', ['mail_from', 'rcpt_tos', 'data'])
+
+
+def _refusal(code):
+    if 400 <= code < 500:
+        return f'{code} 4.2.1 Mailbox busy, try again later'
+    return f'{code} 5.1.1 No such user here'
+
+
+class _Handler:
+
+    def __init__(self, server):
+        self.server = server
+
+    async def handle_RCPT(
+            self, server, session, envelope, address, rcpt_options):
+        code = self.server.refused.get(address.lower())
+        if code:
+            return _refusal(code)
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+
+    async def handle_DATA(self, server, session, envelope):
+        for address in envelope.rcpt_tos:
+            code = self.server.refused_data.get(address.lower())
+            if code:
+                return _refusal(code)
+        with self.server.lock:
+            self.server.messages.append(Received(
+                    envelope.mail_from, list(envelope.rcpt_tos),
+                    envelope.original_content))
+        # The message is taken but the client may give up waiting for the
+        # answer, as when a connection drops at the worst moment.
+        if self.server.stall:
+            await asyncio.sleep(self.server.stall)
+        return '250 2.0.0 Message accepted for delivery'
+
+
+class _Controller(Controller):
+
+    def _trigger_server(self):
+        # Listening on port 0 lets the system choose a free port.
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+class SMTPServer:
+    """A real SMTP server on 127.0.0.1 for the tests.
+
+    ``messages`` holds what it accepted, as Received(mail_from, rcpt_tos,
+    data) with the raw bytes of each message.  While it is stopped the port
+    refuses connections; ``refused`` maps a recipient address to the SMTP
+    code to answer to its RCPT command (4xx or 5xx) and ``refused_data`` to
+    the code to answer to the end of the DATA of its messages, which it does
+    not keep; ``stall`` is how many seconds it waits, once it has taken a
+    message, before answering the end of its DATA."""
+
+    def __init__(self):
+        self.messages = []
+        self.refused = {}
+        self.refused_data = {}
+        self.stall = 0
+        self.lock = threading.Lock()
+        self.port = 0
+        self._controller = None
+
+    def start(self):
+        "Start listening (again on the same port once it has a port)"
+        self._controller = _Controller(
+            _Handler(self), hostname='127.0.0.1', port=self.port)
+        self._controller.start()
+        self.port = self._controller.port
+        return self
+
+    def stop(self):
+        "Stop listening: connections are refused until start"
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    @property
+    def running(self):
+        return self._controller is not None
+
+    def uri(self, timeout=None):
+        "The URI of [email] uri that reaches this server"
+        uri = f'smtp://127.0.0.1:{self.port}'
+        if timeout is not None:
+            uri += f'?timeout={timeout}'
+        return uri
+
+    def refuse(self, address, code, at='RCPT'):
+        """Answer code to the RCPT command of the recipient address, or to the
+        end of the DATA of its messages when at is 'DATA' (None to accept it
+        again)"""
+        refused = {'RCPT': self.refused, 'DATA': self.refused_data}[at]
+        if code is None:
+            refused.pop(address.lower(), None)
+        else:
+            refused[address.lower()] = code
+
+    def clear(self):
+        with self.lock:
+            del self.messages[:]
+
+    def received(self):
+        "A copy of the messages received so far"
+        with self.lock:
+            return list(self.messages)
+
+    def to(self, address):
+        "The messages received whose envelope has the recipient address"
+        return [m for m in self.received() if address in m.rcpt_tos]
+
+    def wait_for(self, count, timeout=10):
+        "Wait until count messages are received; return them"
+        deadline = time.monotonic() + timeout
+        while len(self.received()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.received()
+
+
+def _clear_config_cache():
+    for function in [
+            config.get, config.getint, config.getfloat, config.getboolean]:
+        function.cache_clear()
+
+
+@contextmanager
+def override_config(values):
+    """Set the configuration options of values, a dictionary
+    {(section, option): value}, and restore them at exit"""
+    saved = {}
+    for (section, option), value in values.items():
+        if not config.has_section(section):
+            config.add_section(section)
+            saved.setdefault(section, None)
+        elif section not in saved:
+            saved[section] = {
+                o: config.get(section, o) for o in config.options(section)}
+        config.set(section, option, value)
+    try:
+        yield
+    finally:
+        for section, options in saved.items():
+            config.remove_section(section)
+            if options is not None:
+                config.add_section(section)
+                for option, value in options.items():
+                    config.set(section, option, value)
+        _clear_config_cache()
+
+
+class _Failures(logging.Handler):
+    "Keep the errors that the worker logs instead of raising them"
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.setFormatter(logging.Formatter('%(message)s'))
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(self.format(record))
+
+
+def run_queue():
+    """Run the tasks that the ended transactions queued, as trytond does
+    without a queue worker; return how many ran.
+
+    A task that fails makes it raise AssertionError."""
+    tasks = Transaction().tasks
+    logger = logging.getLogger('trytond.worker')
+    failures = _Failures()
+    logger.addHandler(failures)
+    count = 0
+    try:
+        while tasks:
+            run_task(DB_NAME, tasks.pop())
+            count += 1
+    finally:
+        logger.removeHandler(failures)
+    if failures.messages:
+        raise AssertionError(
+            "queued tasks failed:\n" + '\n'.join(failures.messages))
+    return count
+
+
+@contextmanager
+def committed(user=USER, context=None):
+    """A transaction that is committed at the end of the block, after which
+    the tasks it queued are run"""
+    with Transaction().start(
+            DB_NAME, user, context=context) as transaction:
+        yield transaction
+        transaction.commit()
+    run_queue()
+
+
+def parse_message(data):
+    "Parse the raw bytes of a message as a mail client does"
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def html_links(html):
+    """The targets of the links and the sources of the images of html, as
+    ([(href, text)], [src])"""
+    document = lxml.html.document_fromstring(html)
+    links = [
+        (a.get('href'), a.text_content().strip())
+        for a in document.iter('a') if a.get('href') is not None]
+    images = [img.get('src') for img in document.iter('img')]
+    return links, images
