@@ -1166,6 +1166,14 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         rows = cursor.fetchall()
         if not rows:
             return
+        # A worker waiting for these locks reads with a snapshot older than
+        # this work: a lock alone would let it do the entries again, a write
+        # makes it fail to serialize and retry with a snapshot that sees it.
+        for sub in grouped_slice(
+                [r[0] for r in rows], backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.update(
+                    [table.write_date], [now],
+                    where=reduce_ids(table.id, sub)))
 
         done, errors, deferred = [], {}, set()
         for activity_id, group in groupby(rows, key=lambda r: r[1]):

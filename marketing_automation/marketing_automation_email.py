@@ -492,6 +492,12 @@ class Email(ModelSQL, ModelView):
         cursor = transaction.connection.cursor()
         table = cls.__table__()
         server = None
+        answered = set()
+
+        def postpone_unanswered(exception):
+            cls._postpone(
+                [i for i in ids if i not in answered], _describe(exception))
+
         try:
             for sub in grouped_slice(ids, 100):
                 sub = list(sub)
@@ -508,7 +514,7 @@ class Email(ModelSQL, ModelView):
                         try:
                             server = get_smtp_server(strict=True)
                         except (OSError, smtplib.SMTPException) as exception:
-                            cls._postpone(ids, _describe(exception))
+                            postpone_unanswered(exception)
                             return
                     try:
                         server.sendmail(sender, [address], bytes(message))
@@ -524,13 +530,18 @@ class Email(ModelSQL, ModelView):
                     except (OSError, smtplib.SMTPException) as exception:
                         # The connection is lost: the rest waits for later.
                         server = None
-                        cls._postpone(ids, _describe(exception))
+                        postpone_unanswered(exception)
                         return
                     else:
                         cursor.execute(*table.update(
                                 [table.state, table.error], ['sent', Null],
                                 where=table.id == email_id))
+                    answered.add(email_id)
                     transaction.commit()
+                    if server.sock is None:
+                        # the server closed the connection with its answer
+                        # (421): the next message opens a new one
+                        server = None
         finally:
             if server is not None:
                 try:

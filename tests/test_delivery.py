@@ -464,20 +464,22 @@ class DeliveryTestCase(TestCase):
             'DATA', 554, "554 5.1.1 No such user here")
 
     def test_server_closes_the_connection(self):
-        "A 421 that closes the connection loses nothing"
+        "A 421 that closes the connection delays only its own recipient"
         ann, bob, cid = self.create_parties('ann', 'bob', 'cid')
         scenario = self.start_scenario([ann, bob, cid])
+        self.smtp.refuse(address('ann'), 451)
         self.smtp.refuse(address('bob'), 421)
 
         self.run_crons()
 
-        self.assertEqual(self.received()[address('ann')], 1)
-        self.assertNotIn(address('bob'), self.received())
+        # the next message goes through a new connection
+        self.assertEqual(self.received(), Counter({address('cid'): 1}))
         with inspecting():
-            self.assertSent(scenario, ['ann'])
-            entry = self.entries(scenario)['bob']
-            self.assertEqual(entry.state, 'waiting')
-            self.assertTrue(entry.error)
+            self.assertSent(scenario, ['cid'])
+            for name, code in [('ann', '451'), ('bob', '421')]:
+                self.assertWaiting(scenario, name, code, 1, FIRST_DELAY)
+
+        self.smtp.refuse(address('ann'), None)
 
         self.smtp.refuse(address('bob'), None)
         self.retry_now(scenario)

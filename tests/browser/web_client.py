@@ -53,6 +53,7 @@ CHROMIUM_FLAGS = [
     '--disable-component-update', '--disable-dev-shm-usage',
     '--window-size=1920,1080', '--lang=en-US',
     ]
+WINDOW = (1920, 1080)
 DATABASE = 'browser'
 MARKETER = 'marketer'
 # trytond asks for 8 characters, most of them different
@@ -294,13 +295,23 @@ class Site:
                 count += 1
         return count
 
-    def scenario_counts(self, name):
+    def activities(self, scenario_id):
+        """The activities of the scenario in the database, parents first, as
+        (name, 'scenario' or 'activity', event, action)"""
         from trytond.transaction import Transaction
-        Scenario = self.pool.get('marketing.automation.scenario')
+        Activity = self.pool.get('marketing.automation.activity')
         with Transaction().start(DATABASE, 0, readonly=True):
-            scenario, = Scenario.search([('name', '=', name)])
-            return scenario.state, {
-                a.name: a.record_count for a in scenario.activities}
+            result = []
+            activities = Activity.search([
+                    ('parent', '=', ('marketing.automation.scenario',
+                            scenario_id))], order=[('id', 'ASC')])
+            while activities:
+                activity = activities.pop(0)
+                result.append((
+                        activity.name, activity.parent.__name__.split('.')[-1],
+                        activity.event, activity.action))
+                activities.extend(activity.children)
+            return result
 
     def click(self, address):
         """Follow the tracked link of the welcome email to address as the
@@ -352,7 +363,7 @@ def stop_group(process, timeout=10):
 # ---------------------------------------------------------------------------
 # The browser
 
-def start_browser(profile):
+def start_browser(profile, log):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -361,13 +372,14 @@ def start_browser(profile):
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f'--user-data-dir={profile}')
+    options.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
     # chromedriver and the browser in a process group of their own, so that
     # none of them outlives the run
     service = Service(
-        executable_path=CHROMEDRIVER,
+        executable_path=CHROMEDRIVER, log_output=log,
         popen_kw={'start_new_session': True})
     driver = webdriver.Chrome(service=service, options=options)
-    driver.set_window_size(1920, 1080)
+    driver.set_window_size(*WINDOW)
     return driver
 
 
@@ -382,3 +394,728 @@ def stop_browser(driver):
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+UPPER = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ'
+LOWER = 'abcdefghijklmnopqrstuvwxyz'
+
+
+def text_is(text):
+    "An XPath condition: the text of the node is text, in any case"
+    return (f'translate(normalize-space(), "{UPPER}", "{LOWER}")='
+        f'"{text.lower()}"')
+
+
+# The rows of a tree (list) widget as the page shows them: one dictionary
+# per visible row, from the column titles to the texts of the cells.
+TREE_ROWS = '''
+const table = arguments[0];
+const titles = Array.from(table.querySelectorAll('thead > tr > th'))
+    .map(th => th.innerText.trim());
+return Array.from(table.querySelectorAll('tbody > tr'))
+    .filter(tr => tr.offsetParent !== null)
+    .map(tr => {
+        const row = {};
+        Array.from(tr.children).forEach((td, i) => {
+            if (titles[i]) {
+                row[titles[i]] = td.innerText.replace(/\\s+/g, ' ').trim();
+            }
+        });
+        return row;
+    });
+'''
+
+# What a graph of the page draws: its legend, the labels of its x axis, the
+# heights of its bars and the number of points of its lines.
+GRAPH = '''
+const graph = arguments[0];
+const texts = selector => Array.from(graph.querySelectorAll(selector))
+    .map(e => e.textContent.trim());
+return {
+    legend: texts('.bb-legend-item text'),
+    x: texts('.bb-axis-x .tick text'),
+    bars: Array.from(graph.querySelectorAll('path.bb-bar'))
+        .map(p => p.getBBox().height),
+    points: graph.querySelectorAll('.bb-circles circle').length,
+    lines: graph.querySelectorAll('path.bb-line').length,
+};
+'''
+
+
+class Client:
+    "What a marketer does in the web client, with explicit waits"
+
+    def __init__(self, driver, timeout=WAIT):
+        from selenium.webdriver.support.ui import WebDriverWait
+        self.driver = driver
+        self.timeout = timeout
+        self.wait = WebDriverWait(driver, timeout)
+
+    def until(self, condition, message=''):
+        "Wait until condition() returns a true value and return it"
+        return self.wait.until(lambda _: condition(), message)
+
+    def visible(self, elements):
+        for element in elements:
+            if element.is_displayed():
+                return element
+        return False
+
+    def idle(self):
+        "Wait until the client has no request running"
+        time.sleep(0.2)
+        self.until(
+            lambda: self.driver.execute_script(
+                'return window.jQuery ? jQuery.active : 1') == 0,
+            "the client is still waiting for the server")
+
+    def by_xpath(self, root, xpath):
+        from selenium.webdriver.common.by import By
+        return root.find_elements(By.XPATH, xpath)
+
+    def by_css(self, root, css):
+        from selenium.webdriver.common.by import By
+        return root.find_elements(By.CSS_SELECTOR, css)
+
+    def tab(self):
+        "The tab shown"
+        return self.until(lambda: self.visible(self.by_css(
+                    self.driver, '#tabcontent > .tab-pane.active')),
+            "no tab is open")
+
+    def dialog(self):
+        "The dialog on top, None if there is none"
+        dialogs = [
+            d for d in self.by_css(self.driver, '.modal.in')
+            if d.is_displayed()]
+        return dialogs[-1] if dialogs else None
+
+    def root(self, root):
+        if root is None:
+            return self.tab()
+        return root
+
+    def tab_title(self):
+        return self.tab().find_element(
+            'css selector', 'nav.toolbar .title').text.strip()
+
+    def toolbar(self, title):
+        "The enabled button of the tab's toolbar with this title"
+        return self.until(lambda: self.visible(
+                b for b in self.by_css(
+                    self.tab(), f'nav.toolbar button[title="{title}"]')
+                if b.is_enabled()),
+            f'no button "{title}" in the toolbar')
+
+    def button(self, text, root=None):
+        "The enabled button that reads text (a form's button or link)"
+        return self.until(lambda: self.visible(
+                b for b in self.by_xpath(
+                    self.root(root), f'.//button[{text_is(text)}]')
+                if b.is_enabled()),
+            f'no button "{text}"')
+
+    def link(self, text, root=None):
+        "The enabled link button of a form whose title is text"
+        return self.until(lambda: self.visible(
+                b for b in self.by_css(
+                    self.root(root), f'button.form-link[title="{text}"]')
+                if b.is_enabled()),
+            f'no link "{text}"')
+
+    def dialog_button(self, text):
+        return self.until(lambda: self.visible(
+                b for b in self.by_xpath(
+                    self.dialog(), './/div[contains(@class, "modal-footer")]'
+                    f'//button[{text_is(text)}]')
+                if b.is_enabled()),
+            f'no button "{text}" in the dialog')
+
+    def field(self, label, root=None):
+        "The input of the field labelled label"
+        def find():
+            for element in self.by_xpath(
+                    self.root(root),
+                    f'.//label[normalize-space()="{label}:" '
+                    f'or normalize-space()="{label}"][@for]'):
+                if element.is_displayed():
+                    # the login dialog has a hidden twin of its input
+                    target = self.visible(self.by_xpath(
+                            self.driver,
+                            f'//*[@id="{element.get_attribute("for")}"]'))
+                    if target:
+                        return target
+            return False
+        return self.until(find, f'no field "{label}"')
+
+    def value(self, label, root=None):
+        from selenium.webdriver.support.ui import Select
+        element = self.field(label, root)
+        if element.tag_name == 'select':
+            return Select(element).first_selected_option.text
+        return element.get_property('value')
+
+    def type(self, label, text, root=None):
+        "Type text in the field labelled label, and leave it"
+        from selenium.webdriver.common.keys import Keys
+        for _ in range(3):
+            element = self.field(label, root)
+            element.clear()
+            element.send_keys(text)
+            element.send_keys(Keys.TAB)
+            self.idle()
+            if self.value(label, root) == text:
+                return
+        raise AssertionError(
+            f'the field "{label}" shows {self.value(label, root)!r}, '
+            f'not {text!r}')
+
+    def select(self, label, text, root=None):
+        "Choose text in the selection field labelled label"
+        from selenium.webdriver.support.ui import Select
+        for _ in range(3):
+            element = self.field(label, root)
+            self.until(
+                lambda: text in [o.text for o in Select(element).options],
+                f'no choice "{text}" for "{label}"')
+            Select(element).select_by_visible_text(text)
+            # A change answered by the server may show the record again:
+            # check that the choice stays.
+            self.idle()
+            if self.value(label, root) == text:
+                return
+        raise AssertionError(
+            f'the field "{label}" shows {self.value(label, root)!r}, '
+            f'not {text!r}')
+
+    def one2many(self, label, root=None):
+        return self.until(lambda: self.visible(self.by_xpath(
+                    self.root(root),
+                    './/div[contains(@class, "form-one2many ")]'
+                    '[./div[contains(@class, "form-one2many-menu")]'
+                    f'/label[normalize-space()="{label}"]]')),
+            f'no list "{label}"')
+
+    def one2many_button(self, label, title, root=None):
+        widget = self.one2many(label, root)
+        return self.until(lambda: self.visible(
+                b for b in self.by_css(widget, f'button[title="{title}"]')
+                if b.is_enabled()),
+            f'no button "{title}" for "{label}"')
+
+    def page(self, name, root=None):
+        "Show the page name of a notebook"
+        self.until(lambda: self.visible(self.by_xpath(
+                    self.root(root),
+                    './/ul[contains(@class, "nav-tabs")]/li'
+                    f'/a[normalize-space()="{name}"]')),
+            f'no page "{name}"').click()
+
+    def rows(self, root=None):
+        "The rows of the first visible list of root"
+        table = self.until(lambda: self.visible(
+                self.by_css(self.root(root), 'table.tree')),
+            "no list")
+        return self.driver.execute_script(TREE_ROWS, table)
+
+    def row(self, name, root=None):
+        "The row element of a list whose cells read name"
+        return self.until(lambda: self.visible(self.by_xpath(
+                    self.root(root),
+                    f'.//table[contains(@class, "tree")]/tbody/tr'
+                    f'[./td//*[normalize-space()="{name}"]]')),
+            f'no row "{name}"')
+
+    def menu(self, *path):
+        "Open the entry of the menu at path"
+        for index, name in enumerate(path):
+            row = self.until(lambda: self.visible(self.by_xpath(
+                        self.driver,
+                        '//div[@id="menu"]//tr'
+                        '[.//div[contains(@class, "column-char")]'
+                        f'[normalize-space()="{name}"]]')),
+                f'no menu entry "{name}"')
+            if index < len(path) - 1:
+                expander = row.find_element(
+                    'css selector', '.expander img')
+                # the expander folds an unfolded entry
+                if not self.by_xpath(
+                        self.driver,
+                        '//div[@id="menu"]//tr[.//div[contains(@class, '
+                        f'"column-char")][normalize-space()="{path[index + 1]}"'
+                        ']]'):
+                    expander.click()
+            else:
+                row.find_element(
+                    'css selector', '.column-char').click()
+
+    def graph(self, root=None):
+        "What the graph of root shows, once it has drawn something"
+        graph = self.until(lambda: self.visible(
+                self.by_css(self.root(root), '.graph')),
+            "no graph")
+        return self.until(lambda: (lambda g: g if g['legend'] else False)(
+                self.driver.execute_script(GRAPH, graph)),
+            "the graph draws nothing")
+
+    def notification(self):
+        return [n.text for n in self.by_css(
+                self.driver, '#notification .alert, .infobar .alert')
+            if n.is_displayed()]
+
+
+# ---------------------------------------------------------------------------
+# The steps
+
+class Steps:
+    "The steps of the marketer, each one a test"
+
+    def __init__(self, site, artifacts, runtime):
+        self.site = site
+        self.artifacts = artifacts
+        self.runtime = runtime
+        self.driver = None
+        self.client = None
+        self.scenario_id = None
+        self.screenshots = []
+
+    def screenshot(self, name):
+        path = os.path.join(self.artifacts, name)
+        self.driver.save_screenshot(path)
+        self.screenshots.append(path)
+        return path
+
+    def check(self, condition, message):
+        if not condition:
+            raise AssertionError(message)
+
+    def step_site(self):
+        "a fresh database with the module, the marketer, parties; trytond"
+        self.site.configure()
+        self.site.create_database()
+        self.site.open_pool()
+        self.site.fill()
+        self.site.start()
+
+    def step_browser(self):
+        "headless Chromium driven by the system chromedriver"
+        self.driver = start_browser(
+            os.path.join(self.runtime, 'chromium-profile'),
+            os.path.join(self.artifacts, 'chromedriver.log'))
+        self.client = Client(self.driver)
+
+    def step_login(self):
+        "log in as the marketer"
+        c = self.client
+        self.driver.get(f'{self.site.url}#{DATABASE}')
+        dialog = c.until(c.dialog, "no login dialog")
+        c.until(lambda: c.value('Database', dialog) == DATABASE,
+            "the login dialog does not show the database")
+        c.type('User name', MARKETER, dialog)
+        password = c.until(lambda: c.visible(c.by_css(
+                    c.driver, '.modal.in input[type="password"]')),
+            "no password asked")
+        password.send_keys(MARKETER_PASSWORD + '\n')
+        c.until(lambda: c.visible(c.by_xpath(
+                    c.driver, '//*[@id="menu"]//div[contains(@class, '
+                    '"column-char")][normalize-space()="Marketing"]')),
+            "no Marketing menu after the login")
+        self.cancel_module_configuration()
+        c.until(lambda: c.visible(c.by_xpath(
+                    c.driver, '//nav//*[normalize-space()="Mary Marketer"]')),
+            "the name of the marketer is not shown")
+
+    def cancel_module_configuration(self):
+        "Cancel the wizard that admin sees at his first login"
+        c = self.client
+        time.sleep(0.5)
+        c.idle()
+        dialog = c.dialog()
+        if dialog is not None and 'Module Configuration' in dialog.text:
+            c.dialog_button('Cancel').click()
+            c.until(lambda: c.dialog() is None, "the wizard stays")
+
+    def step_open_scenarios(self):
+        "open Marketing > Scenarios"
+        c = self.client
+        c.menu('Marketing', 'Scenarios')
+        c.until(lambda: '/model/marketing.automation.scenario'
+            in self.driver.current_url, "the scenarios are not opened")
+        c.until(lambda: 'Scenarios' in c.tab_title(),
+            "the tab is not the scenarios'")
+        c.idle()
+        self.check(c.rows() == [], f"scenarios already exist: {c.rows()}")
+
+    def step_create_scenario(self):
+        "create a scenario with a root activity that sends an email; save"
+        c = self.client
+        c.toolbar('New').click()
+        c.idle()
+        c.type('Name', SCENARIO)
+        self.check(c.value('Model') == 'Party',
+            f"the model is {c.value('Model')!r}, not Party")
+        self.check(c.value('Domain') == '[]',
+            f"the domain is {c.value('Domain')!r}, not []")
+        self.check(c.value('State') == 'Draft',
+            f"the state is {c.value('State')!r}, not Draft")
+
+        c.one2many_button('Activities', 'New').click()
+        dialog = c.until(c.dialog, "no dialog for the new activity")
+        c.type('Name', WELCOME, dialog)
+        c.select('Action', 'Send Email', dialog)
+        c.type('Email Title', WELCOME_TITLE, dialog)
+        c.type('Email Template', WELCOME_TEMPLATE, dialog)
+        c.dialog_button('Add').click()
+        c.until(lambda: c.dialog() is None, "the dialog stays open")
+        c.row(WELCOME)
+
+        c.toolbar('Save').click()
+        c.idle()
+        match = c.until(lambda: re.search(
+                r'/model/marketing\.automation\.scenario/(\d+)',
+                self.driver.current_url),
+            "the scenario has no id: not saved")
+        self.scenario_id = int(match.group(1))
+        rows = c.rows(c.one2many('Activities'))
+        self.check(
+            [(r['Name'], r['Action']) for r in rows]
+            == [(WELCOME, 'Send Email')],
+            f"the activities show {rows}")
+
+    def step_add_child(self):
+        "add the child activity 'On email clicked' to the root one; save"
+        c = self.client
+        activities = c.one2many('Activities')
+        c.row(WELCOME, activities).find_element(
+            'xpath', f'.//*[normalize-space()="{WELCOME}"]').click()
+        c.one2many_button('Activities', 'Open').click()
+        root = c.until(c.dialog, "no dialog for the activity")
+        self.check(c.value('Name', root) == WELCOME,
+            f"the dialog shows {c.value('Name', root)!r}")
+        c.page('Children', root)
+        c.one2many_button('Children', 'New', root).click()
+        child = c.until(lambda: (lambda d: d if d != root else None)(
+                c.dialog()), "no dialog for the child activity")
+        c.type('Name', THANKS, child)
+        c.select('On', 'Email Clicked', child)
+        c.select('Action', 'Send Email', child)
+        c.type('Email Title', THANKS_TITLE, child)
+        c.type('Email Template', THANKS_TEMPLATE, child)
+        c.dialog_button('Add').click()
+        c.until(lambda: c.dialog() == root, "the child's dialog stays open")
+        c.row(THANKS, root)
+        c.dialog_button('Apply changes').click()
+        c.until(lambda: c.dialog() is None, "the dialog stays open")
+        c.toolbar('Save').click()
+        c.idle()
+        c.until(lambda: not any(
+                b.is_enabled() for b in c.by_css(
+                    c.tab(), 'nav.toolbar button[title="Save"]')),
+            "the scenario is not saved")
+        activities = c.one2many('Activities')
+        c.row(THANKS, activities)
+        rows = {r['Name']: r for r in c.rows(activities)}
+        self.check(set(rows) == {WELCOME, THANKS},
+            f"the activities show {list(rows)}")
+        self.check(rows[THANKS]['On'] == 'Email Clicked',
+            f"the child activity is on {rows[THANKS]['On']!r}")
+        self.check(self.site.activities(self.scenario_id) == [
+                (WELCOME, 'scenario', None, 'send_email'),
+                (THANKS, 'activity', 'email_clicked', 'send_email')],
+            "the database has the activities "
+            f"{self.site.activities(self.scenario_id)}")
+        self.screenshot('scenario-form.png')
+
+    def step_run(self):
+        "run the scenario"
+        c = self.client
+        c.button('Run').click()
+        c.idle()
+        c.until(lambda: c.value('State') == 'Running',
+            "the scenario is not running")
+        c.button('Stop')
+
+    def step_crons(self):
+        """the scheduled actions send the emails; two recipients click;
+        they send the emails of the child activity"""
+        smtp = self.site.smtp
+        self.site.run_crons()
+        deadline = time.monotonic() + WAIT
+        while (len(smtp.received()) < WITH_EMAIL
+                and time.monotonic() < deadline):
+            time.sleep(0.1)
+        received = smtp.received()
+        self.check(len(received) == WITH_EMAIL,
+            f"{len(received)} emails sent, not {WITH_EMAIL}")
+        for address in CLICKERS:
+            self.site.click(address)
+        self.site.run_crons()
+        received = smtp.received()
+        thanks = sorted(r for rcpt_tos, _ in received[WITH_EMAIL:]
+            for r in rcpt_tos)
+        self.check(thanks == sorted(CLICKERS),
+            f"the child activity wrote to {thanks}, not {CLICKERS}")
+
+    def step_activity_tree(self):
+        "the activity tree of the reloaded scenario shows the counts"
+        c = self.client
+        c.toolbar('Reload/Undo').click()
+        c.idle()
+
+        def counted():
+            rows = {r.get('Name'): r
+                for r in c.rows(c.one2many('Activities'))}
+            if rows.get(WELCOME, {}).get('Records') == str(len(PARTIES)):
+                return rows
+        rows = c.until(counted, "the activity tree shows no records")
+        expected = {
+            WELCOME: {
+                'Records': str(len(PARTIES)),
+                'Emails Opened': str(len(CLICKERS)),
+                'Emails Clicked': str(len(CLICKERS)),
+                'Email Open Rate': percent(len(CLICKERS), WITH_EMAIL),
+                'Email Click Rate': percent(len(CLICKERS), WITH_EMAIL),
+                },
+            THANKS: {
+                'Records': str(len(CLICKERS)),
+                'Emails Opened': '0',
+                'Emails Clicked': '0',
+                },
+            }
+        for name, values in expected.items():
+            shown = {k: rows[name].get(k) for k in values}
+            self.check(shown == values,
+                f"the row {name!r} shows {shown}, not {values}")
+        self.screenshot('activity-tree.png')
+
+    def step_scenario_reporting(self):
+        "the scenario's reporting, as a list then as a graph"
+        c = self.client
+        c.link('Scenarios Reporting').click()
+        c.until(lambda: 'Scenarios Reporting' in c.tab_title(),
+            "the scenario's reporting is not opened")
+        c.idle()
+        month = dt.date.today().replace(day=1)
+        rows = c.until(lambda: [r for r in c.rows()
+                if r.get('Records') == str(len(PARTIES))],
+            "the reporting does not count the records")
+        self.check(len(rows) == 1 and month.strftime('%m/%d/%Y')
+            == rows[0]['Date'], f"the reporting shows {rows}")
+        c.toolbar('Switch').click()
+        c.idle()
+        graph = c.graph()
+        self.check(graph['legend'] == ['Records', 'Records Blocked'],
+            f"the graph's legend is {graph['legend']}")
+        self.check(graph['bars'] and max(graph['bars']) > 0,
+            f"the graph has no bar: {graph}")
+        self.check(month.strftime('%m/%d/%Y') in graph['x'],
+            f"the graph's axis shows {graph['x']}")
+        self.screenshot('scenario-reporting-graph.png')
+
+    def step_activity_reporting(self):
+        "Marketing > Reporting > Activities, as a list then as graphs"
+        c = self.client
+        c.menu('Marketing', 'Reporting', 'Activities')
+        c.until(lambda: 'marketing.automation.reporting.activity'
+            in self.driver.current_url, "the reporting is not opened")
+        c.idle()
+
+        def listed():
+            rows = {r.get('Activity'): r for r in c.rows()}
+            if {WELCOME, THANKS} <= set(rows):
+                return rows
+        rows = c.until(listed, "the reporting does not list the activities")
+        expected = {
+            WELCOME: {
+                'Emails Sent': str(WITH_EMAIL),
+                'Emails Opened': str(len(CLICKERS)),
+                'Emails Clicked': str(len(CLICKERS)),
+                'Email Open Rate': percent(len(CLICKERS), WITH_EMAIL),
+                },
+            THANKS: {
+                'Emails Sent': str(len(CLICKERS)),
+                'Emails Opened': '0',
+                },
+            }
+        for name, values in expected.items():
+            shown = {k: rows[name].get(k) for k in values}
+            self.check(shown == values,
+                f"the row {name!r} shows {shown}, not {values}")
+        c.toolbar('Switch').click()
+        c.idle()
+        graph = c.graph()
+        self.check(
+            graph['legend'][:3]
+            == ['Emails Sent', 'Emails Opened', 'Emails Clicked'],
+            f"the graph's legend is {graph['legend']}")
+        self.check(graph['bars'] and max(graph['bars']) > 0,
+            f"the graph has no bar: {graph}")
+        self.screenshot('activity-reporting-graph.png')
+        c.toolbar('Switch').click()
+        c.idle()
+        c.until(lambda: (lambda g: 'Email Open Rate' in g['legend'])(
+                c.graph()), "the rates graph is not shown")
+        graph = c.graph()
+        self.check(graph['lines'] and graph['points'],
+            f"the rates graph has no line: {graph}")
+        self.screenshot('activity-reporting-rates.png')
+
+    def stop(self):
+        if self.driver is not None:
+            try:
+                with open(os.path.join(
+                            self.artifacts, 'browser-console.log'),
+                        'w') as fp:
+                    for entry in self.driver.get_log('browser'):
+                        fp.write(f"{entry['level']} {entry['message']}\n")
+            except Exception:
+                pass
+            stop_browser(self.driver)
+            self.driver = None
+        self.site.stop()
+
+    def failed(self, name):
+        "Keep what the page showed when the step name failed"
+        if self.driver is None:
+            return
+        try:
+            self.screenshot(f'failed-{name}.png')
+            with open(os.path.join(
+                        self.artifacts, f'failed-{name}.html'), 'w') as fp:
+                fp.write(self.driver.page_source)
+        except Exception:
+            pass
+
+
+def percent(part, whole):
+    "A rate as the web client shows it, with factor 100 and a suffix"
+    return f'{round(100 * part / whole)} %'
+
+
+STEPS = [
+    'site', 'browser', 'login', 'open_scenarios', 'create_scenario',
+    'add_child', 'run', 'crons', 'activity_tree', 'scenario_reporting',
+    'activity_reporting',
+    ]
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+def ensure_tools(sao, install):
+    "Install what is missing; return why it cannot run, None if it can"
+    missing = [p for p in [CHROMIUM, CHROMEDRIVER] if not os.path.exists(p)]
+    if not sao_ready(sao):
+        missing.append(sao)
+    if missing and install:
+        say(f"Installing {', '.join(missing)} (tests/browser/ensure-tools)")
+        process = subprocess.run(
+            ['bash', os.path.join(HERE, 'ensure-tools'), sao],
+            stdin=subprocess.DEVNULL)
+        if process.returncode:
+            return "tests/browser/ensure-tools could not install them"
+        missing = [
+            p for p in [CHROMIUM, CHROMEDRIVER] if not os.path.exists(p)]
+        if not sao_ready(sao):
+            missing.append(sao)
+    if missing:
+        return f"missing: {', '.join(missing)}"
+    for name in ['custom.js', 'custom.css']:
+        path = os.path.join(sao, name)
+        if not os.path.exists(path):
+            open(path, 'a').close()
+    for module in ['selenium', 'aiosmtpd']:
+        try:
+            __import__(module)
+        except ImportError:
+            return f"the Python package {module} is not installed"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0])
+    parser.add_argument(
+        '--artifacts', default=os.path.join(HERE, 'artifacts'),
+        help="where to save the screenshots and logs (default: %(default)s)")
+    parser.add_argument(
+        '--sao', default=os.environ.get('MA_SAO') or default_sao_folder(),
+        help="the folder of the web client (default: %(default)s)")
+    parser.add_argument(
+        '--no-install', dest='install', action='store_false',
+        help="fail instead of installing what is missing")
+    parser.add_argument(
+        '--keep', action='store_true',
+        help="keep the runtime folder (database, configuration)")
+    return parser.parse_args(argv)
+
+
+def terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.monotonic()
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    os.environ.setdefault('SE_OFFLINE', 'true')
+
+    problem = ensure_tools(args.sao, args.install)
+    if problem:
+        say(f"browser ... FAIL (cannot run: {problem})")
+        say("0 passed, 1 failed")
+        return 1
+
+    artifacts = args.artifacts
+    os.makedirs(artifacts, exist_ok=True)
+    for name in os.listdir(artifacts):
+        if name.endswith(('.png', '.html', '.log')):
+            os.remove(os.path.join(artifacts, name))
+    runtime = tempfile.mkdtemp(prefix='ma-browser-')
+    site = Site(runtime, args.sao, artifacts)
+    steps = Steps(site, artifacts, runtime)
+    passed = failed = 0
+    problems = []
+    try:
+        for name in STEPS:
+            method = getattr(steps, f'step_{name}')
+            doc = method.__doc__.split('\n')[0].strip()
+            if failed:
+                say(f"browser.{name} ... not run ({doc})")
+                failed += 1
+                continue
+            started = time.monotonic()
+            try:
+                method()
+            except Exception:
+                failed += 1
+                problems.append((name, traceback.format_exc()))
+                steps.failed(name)
+                outcome = 'FAIL'
+            else:
+                passed += 1
+                outcome = 'ok'
+            say(f"browser.{name} ... {outcome} ({doc}) "
+                f"[{time.monotonic() - started:.2f}s]")
+    finally:
+        steps.stop()
+        if args.keep:
+            say(f"The runtime folder is kept: {runtime}")
+        else:
+            shutil.rmtree(runtime, ignore_errors=True)
+    for name, text in problems:
+        say('=' * 70)
+        say(f"FAIL: browser.{name}")
+        say('-' * 70)
+        say(text)
+    if steps.screenshots:
+        say("Screenshots: " + ', '.join(
+                os.path.relpath(p) for p in steps.screenshots))
+    say(f"Artifacts in {os.path.relpath(artifacts)}; "
+        f"{time.monotonic() - start:.1f}s in all")
+    say(f"{passed} passed, {failed} failed")
+    return 0 if not failed and passed else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
