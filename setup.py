@@ -58,10 +58,12 @@ setup(
         ],
     extras_require={
         'sale': [tryton_requirement('trytond_sale')],
+        'mjml': ['mrml'],
         'test': [
             tryton_requirement('proteus'),
             tryton_requirement('trytond_sale'),
             'aiosmtpd',
+            'mrml',
             'psycopg[binary,pool] >= 3',
             ],
         },
