@@ -23,14 +23,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SERIES = '8.0'
+SERIES = '8.0.*'
 COMMON = [
-    'trytond>=%s,<%s.1' % (SERIES, SERIES),
-    'trytond-party>=%s,<%s.1' % (SERIES, SERIES),
+    'trytond==' + SERIES, 'trytond-party==' + SERIES,
     'psycopg[binary,pool]>=3', 'aiosmtpd', 'html2text',
     ]
 MODULES = {
-    'upstream': ['trytond-marketing-automation>=%s,<%s.1' % (SERIES, SERIES)],
+    'upstream': ['trytond-marketing-automation==' + SERIES],
     'ours': ['-e', str(ROOT)],
     }
 # The phases whose time per unit is compared, and their unit
@@ -80,9 +79,10 @@ def versions(python):
         ' or ""):\n'
         '        names[d.metadata["Name"]] = d.version\n'
         'print(json.dumps(names))\n')
+    # away from the repository, whose metadata would be found first
     output = subprocess.run(
         [str(python), '-c', code], check=True, capture_output=True,
-        text=True).stdout
+        text=True, cwd='/').stdout
     return json.loads(output)
 
 
