@@ -39,7 +39,7 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 
 from .test_email import REMINDER, encode, inspecting
-from .tools import SMTPServer, committed, override_config, parse_message
+from .tools import SendingTestMixin, SMTPServer, committed, parse_message
 
 NEWS = {
     'name': "News",
@@ -128,7 +128,7 @@ def message_id(received):
     return parse_message(received.data)['Message-ID']
 
 
-class DeliveryTestCase(TestCase):
+class DeliveryTestCase(SendingTestMixin, TestCase):
     "The delivery of the emails under faults"
 
     @classmethod
@@ -148,18 +148,6 @@ class DeliveryTestCase(TestCase):
                 ('queue', 'worker'): 'False',
                 })
         self.addCleanup(self.stop_scenarios)
-
-    def configure(self, values):
-        "Set configuration options until the end of the test"
-        manager = override_config(values)
-        manager.__enter__()
-        self.addCleanup(manager.__exit__, None, None, None)
-
-    def stop_scenarios(self):
-        "Keep the scenarios of this test from sending in the next ones"
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            Scenario.stop(Scenario.search([('state', '=', 'running')]))
 
     # Setting things up, and the crons
 

@@ -27,7 +27,7 @@ from trytond.transaction import Transaction
 from trytond.wsgi import app
 
 from .tools import (
-    SMTPServer, committed, html_links, override_config, parse_message,
+    SendingTestMixin, SMTPServer, committed, html_links, parse_message,
     run_queue)
 
 BASE = 'http://localhost:8000'
@@ -135,7 +135,7 @@ def page_text(response):
             response.get_data(as_text=True)).text_content().split())
 
 
-class EmailTestCase(TestCase):
+class EmailTestCase(SendingTestMixin, TestCase):
     "The emails of marketing scenarios, from the cron to the recipient"
 
     @classmethod
@@ -176,18 +176,6 @@ class EmailTestCase(TestCase):
                 })
         self.addCleanup(self.stop_scenarios)
         self.client = Client(app, use_cookies=False)
-
-    def configure(self, values):
-        "Set configuration options until the end of the test"
-        manager = override_config(values)
-        manager.__enter__()
-        self.addCleanup(manager.__exit__, None, None, None)
-
-    def stop_scenarios(self):
-        "Keep the scenarios of this test from sending in the next ones"
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            Scenario.stop(Scenario.search([('state', '=', 'running')]))
 
     # Setting things up, as a marketer and as the crons
 

@@ -22,13 +22,14 @@ import lxml.html
 from aiosmtpd.controller import Controller
 
 from trytond import config
+from trytond.pool import Pool
 from trytond.tests.test_tryton import DB_NAME, USER
 from trytond.transaction import Transaction
 from trytond.worker import run_task
 
 __all__ = [
     'Received', 'SMTPServer', 'override_config', 'committed', 'run_queue',
-    'parse_message', 'html_links']
+    'parse_message', 'html_links', 'SendingTestMixin']
 
 Received = namedtuple('Received', ['mail_from', 'rcpt_tos', 'data'])
 
@@ -242,3 +243,19 @@ def html_links(html):
         for a in document.iter('a') if a.get('href') is not None]
     images = [img.get('src') for img in document.iter('img')]
     return links, images
+
+
+class SendingTestMixin:
+    "What the test cases that send emails share"
+
+    def configure(self, values):
+        "Set configuration options until the end of the test"
+        manager = override_config(values)
+        manager.__enter__()
+        self.addCleanup(manager.__exit__, None, None, None)
+
+    def stop_scenarios(self):
+        "Keep the scenarios of this test from sending in the next ones"
+        with committed():
+            Scenario = Pool().get('marketing.automation.scenario')
+            Scenario.stop(Scenario.search([('state', '=', 'running')]))
