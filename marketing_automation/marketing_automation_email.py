@@ -89,22 +89,19 @@ def check_templates(activity):
             translated = Activity(activity.id) if activity.id else activity
             title, template = (
                 translated.email_title, translated.email_template)
-        if title:
+        for source, check, message in [
+                (title, mailing.check_title,
+                    'msg_activity_invalid_email_title'),
+                (template, mailing.check_body,
+                    'msg_activity_invalid_email_template'),
+                ]:
+            if not source:
+                continue
             try:
-                mailing.check_title(title)
+                check(source)
             except Exception as exception:
                 raise TemplateError(gettext(
-                        'marketing_automation'
-                        '.msg_activity_invalid_email_title',
-                        activity=activity.rec_name,
-                        exception=exception)) from exception
-        if template:
-            try:
-                mailing.check_body(template)
-            except Exception as exception:
-                raise TemplateError(gettext(
-                        'marketing_automation'
-                        '.msg_activity_invalid_email_template',
+                        'marketing_automation.' + message,
                         activity=activity.rec_name,
                         exception=exception)) from exception
 
