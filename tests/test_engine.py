@@ -7,7 +7,7 @@ from trytond import backend
 from trytond.i18n import gettext
 from trytond.model.exceptions import ValidationError
 from trytond.modules.marketing_automation.exceptions import (
-    ActivityError, ConditionError, DomainError)
+    ActivityError, ConditionError, DomainError, TemplateError)
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval, PYSONEncoder
 from trytond.tests.test_tryton import (
@@ -686,6 +686,32 @@ class MarketingAutomationEngineTestCase(ModuleTestCase):
         self.assertEqual(Party.search([], count=True), 1)
         create_parties("Bob")
         self.assertEqual(Party.search([], count=True), 2)
+
+    @with_transaction()
+    def test_invalid_email_title_and_template(self):
+        "A title or a template that is not a valid Genshi template is refused"
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        scenario = create_scenario([], [], state='draft')
+        for field, source, message_id in [
+                ('email_title', "Hello ${record.name",
+                    'msg_activity_invalid_email_title'),
+                ('email_template', '<p>Hello<p></b>',
+                    'msg_activity_invalid_email_template'),
+                ]:
+            with self.subTest(field=field):
+                values = dict(EMAIL, name="Greeting", parent=str(scenario))
+                values[field] = source
+                message = self.assertRefused(
+                    TemplateError,
+                    lambda: Activity.create([values]), "Greeting")
+                self.assertTrue(message.startswith(message_start(
+                            message_id, activity="Greeting")),
+                    msg=message)
+
+        activity, = Activity.create([dict(
+                    EMAIL, name="Greeting", parent=str(scenario))])
+        self.assertEqual(activity.action, 'send_email')
 
     @with_transaction()
     def test_invalid_condition(self):
