@@ -54,7 +54,6 @@ setup(
         tryton_requirement('trytond_party'),
         tryton_requirement('trytond_marketing'),
         tryton_requirement('trytond_web_shortener'),
-        'html2text',
         ],
     extras_require={
         'sale': [tryton_requirement('trytond_sale')],

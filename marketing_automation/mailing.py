@@ -23,8 +23,9 @@ recipients together, and then puts each URL in place with one string
 substitution::
 
     html = fill(rendered.html, urls)  # urls[i] stands for rendered.links[i]
+    text = fill(rendered.text, urls, quote=False)
     message = build_message(
-        sender, recipient, rendered.subject, html, html_to_text(html),
+        sender, recipient, rendered.subject, html, text,
         message_id=..., unsubscribe=..., language=...)
 
 ``unsubscribe_url`` signs the ``next`` URL it carries and ``checked_next``
@@ -51,16 +52,11 @@ from io import StringIO
 from itertools import chain
 from urllib.parse import urlencode, urlsplit
 
-import lxml.html
-from genshi.core import DOCTYPE, END, START, Attrs, QName, Stream
+from genshi.core import DOCTYPE, END, START, TEXT, Attrs, Markup, QName, Stream
 from genshi.input import HTMLParser, ParseError
 from genshi.template import MarkupTemplate, NewTextTemplate
 from genshi.template import TemplateError as GenshiTemplateError
 
-try:
-    import html2text
-except ImportError:
-    html2text = None
 # MJML compilers: mrml (trytond's "mjml" extra) or mjml-python
 try:
     import mrml
@@ -76,14 +72,14 @@ __all__ = [
     'CLICK', 'UNSUBSCRIBE', 'OPEN',
     'compile_title', 'compile_body', 'compile_templates', 'check_title',
     'check_body', 'render', 'fill',
-    'html_to_text', 'format_recipient', 'message_id', 'build_message',
+    'format_recipient', 'message_id', 'build_message',
     'sign', 'verify', 'unsubscribe_url', 'checked_next',
     'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline']
 
 CLICK, UNSUBSCRIBE, OPEN = 'click', 'unsubscribe', 'open'
 
 Templates = namedtuple('Templates', ['title', 'body'])
-Rendered = namedtuple('Rendered', ['subject', 'html', 'links'])
+Rendered = namedtuple('Rendered', ['subject', 'html', 'text', 'links'])
 Link = namedtuple('Link', ['kind', 'url'])
 
 
@@ -181,13 +177,14 @@ def render(templates, context):
     try:
         subject = templates.title.generate(**context).render(
             'text', encoding=None)
-        stream = templates.body.generate(**context) | partial(
-            _track, links)
-        html = stream.render('html', encoding=None)
+        events = list(templates.body.generate(**context) | partial(
+                _track, links))
+        html = Stream(events).render('html', encoding=None)
     except Exception as exception:
         raise RenderError(
             f"{type(exception).__name__}: {exception}") from exception
-    return Rendered(' '.join(subject.split()), html, tuple(links))
+    return Rendered(
+        ' '.join(subject.split()), html, _text(events), tuple(links))
 
 
 def _placeholder(links, kind, url):
@@ -240,42 +237,76 @@ def _track(links, stream):
         yield from _pixel(links, pos)
 
 
-def fill(html, urls):
-    "Replace the placeholders of html by urls, in the order of the links"
+def fill(content, urls, quote=True):
+    """Replace the placeholders of content by urls, in the order of the
+    links; quote tells whether content is HTML"""
+    escape = html_escaping.escape if quote else str
     return _PLACEHOLDER_RE.sub(
-        lambda match: html_escaping.escape(urls[int(match.group(1))]), html)
+        lambda match: escape(urls[int(match.group(1))]), content)
 
 
-_BLOCKS = {
-    'address', 'blockquote', 'br', 'div', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6',
-    'hr', 'li', 'p', 'pre', 'table', 'tr'}
+# Elements whose content is not read, and those that break the text
+_HIDDEN = {'head', 'script', 'style', 'template', 'title'}
+_PARAGRAPHS = {
+    'blockquote', 'dl', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6', 'hr', 'ol', 'p',
+    'pre', 'table', 'ul'}
+_LINES = {
+    'address', 'dd', 'div', 'dt', 'li', 'section', 'td', 'th', 'tr'}
+# Where a paragraph or a line ends: the breaks of nested elements make one
+_PARAGRAPH, _LINE = '\x01', '\x00'
+_PARAGRAPH_BREAK = re.compile(r'[ \x00\x01]*\x01[ \x00\x01]*')
+_LINE_BREAK = re.compile(r' *\x00[ \x00]*')
+_SPACES = re.compile(r'\s+')
 
 
-def html_to_text(html):
-    "Return the plain-text version of an email's HTML"
-    if html2text:
-        converter = html2text.HTML2Text()
-        converter.body_width = 0
-        converter.unicode_snob = True
-        converter.images_to_alt = True
-        converter.ignore_tables = True
-        return converter.handle(html).strip() + '\n'
-    return _lxml_to_text(html)
-
-
-def _lxml_to_text(html):
-    document = lxml.html.document_fromstring(html)
-    for element in document.xpath('//head|//script|//style|//img'):
-        element.drop_tree()
-    for element in document.iter():
-        if element.tag == 'a':
-            href = element.get('href')
-            if href and href != element.text_content().strip():
-                element.tail = f' ({href})' + (element.tail or '')
-        elif element.tag in _BLOCKS:
-            element.tail = '\n' + (element.tail or '')
-    lines = (' '.join(line.split())
-        for line in document.text_content().splitlines())
+def _text(events):
+    """Return the plain-text version of the events of an HTML stream: the
+    text of the elements, a line per block, a blank line between paragraphs,
+    the alternative text of images and each link's URL after its text"""
+    parts = []
+    links = []
+    hidden = 0
+    for kind, data, _ in events:
+        if kind is START:
+            name = data[0].localname
+            if name in _HIDDEN:
+                hidden += 1
+            elif hidden:
+                continue
+            elif name == 'a':
+                links.append((data[1].get('href'), len(parts)))
+            elif name == 'img':
+                parts.append(data[1].get('alt') or '')
+            elif name == 'br':
+                parts.append('\n')
+            elif name == 'li':
+                parts.append(_LINE + '* ')
+            elif name in _PARAGRAPHS:
+                parts.append(_PARAGRAPH)
+            elif name in _LINES:
+                parts.append(_LINE)
+        elif kind is END:
+            name = data.localname
+            if name in _HIDDEN:
+                hidden -= 1
+            elif hidden:
+                continue
+            elif name == 'a' and links:
+                href, start = links.pop()
+                label = ''.join(parts[start:]).strip()
+                if href and not href.startswith('#') and href != label:
+                    parts.append(f' ({href})' if label else href)
+            elif name in _PARAGRAPHS:
+                parts.append(_PARAGRAPH)
+            elif name in _LINES:
+                parts.append(_LINE)
+        elif kind is TEXT and not hidden:
+            if isinstance(data, Markup):
+                # HTML given by an expression: read its text
+                data = data.striptags().unescape()
+            parts.append(_SPACES.sub(' ', data))
+    text = _LINE_BREAK.sub('\n', _PARAGRAPH_BREAK.sub('\n\n', ''.join(parts)))
+    lines = [line.strip() for line in text.split('\n')]
     return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines)).strip() + '\n'
 
 

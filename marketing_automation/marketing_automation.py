@@ -19,6 +19,7 @@ from itertools import groupby
 from sql import Cast, Literal, Null
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
+from sql.functions import Function, Lower
 from sql.operators import Concat, Exists
 
 from trytond import backend
@@ -363,6 +364,10 @@ class Scenario(Workflow, ModelSQL, ModelView):
         if database.has_insert_on_conflict():
             from sql import Conflict
             on_conflict = Conflict(record)
+        columns = [record.create_uid, record.create_date, record.scenario,
+            record.record, record.blocked, record.uuid]
+        random_hex = _random_hex()
+        RecordActivity = pool.get('marketing.automation.record.activity')
         roots = [a for a in self.activities]
         last_id = 0
         while True:
@@ -376,21 +381,31 @@ class Scenario(Workflow, ModelSQL, ModelView):
                 break
             last_id = ids[-1]
             now = _now()
-            uuids = [uuid.uuid4().hex for _ in ids]
-            values = [
-                [transaction.user, now, self.id, '%s,%s' % (self.model, i),
-                    False, u]
-                for i, u in zip(ids, uuids)]
-            cursor.execute(*record.insert(
-                    [record.create_uid, record.create_date,
-                        record.scenario, record.record, record.blocked,
-                        record.uuid],
-                    values,
-                    on_conflict=on_conflict))
-            cursor.execute(*record.select(
-                    record.id, record.record,
-                    where=record.uuid.in_(uuids)))
-            RecordActivity = pool.get('marketing.automation.record.activity')
+            if random_hex and database.has_returning():
+                # the rows are made by the database from the ids: the
+                # statement stays short whatever the size of the batch
+                model = Model.__table__()
+                cursor.execute(*record.insert(columns,
+                        model.select(
+                            Literal(transaction.user), Literal(now),
+                            Literal(self.id),
+                            Concat(self.model + ',', Cast(
+                                    model.id,
+                                    database.sql_type('VARCHAR').base)),
+                            Literal(False), random_hex,
+                            where=reduce_ids(model.id, ids)),
+                        on_conflict=on_conflict,
+                        returning=[record.id, record.record]))
+            else:
+                uuids = [uuid.uuid4().hex for _ in ids]
+                cursor.execute(*record.insert(columns, [
+                            [transaction.user, now, self.id,
+                                '%s,%s' % (self.model, i), False, u]
+                            for i, u in zip(ids, uuids)],
+                        on_conflict=on_conflict))
+                cursor.execute(*record.select(
+                        record.id, record.record,
+                        where=record.uuid.in_(uuids)))
             RecordActivity.schedule(roots, [
                     (i, Model(int(r.split(',')[1]))) for i, r in cursor])
 
@@ -427,6 +442,36 @@ class Scenario(Workflow, ModelSQL, ModelView):
                                 '%s,%s' % (scenario.model, i)
                                 for i in _ids(query)]),
                         ]), {'blocked': True})
+
+
+def _random_hex():
+    """The SQL expression of 32 random hexadecimal digits, like the uuid a
+    record gets in Python, or None where the backend has none"""
+    if backend.name == 'postgresql':
+        return _Replace(
+            Cast(_GenRandomUuid(), 'VARCHAR'), Literal('-'), Literal(''))
+    elif backend.name == 'sqlite':
+        return Lower(_Hex(_RandomBlob(16)))
+
+
+class _GenRandomUuid(Function):
+    __slots__ = ()
+    _function = 'GEN_RANDOM_UUID'
+
+
+class _RandomBlob(Function):
+    __slots__ = ()
+    _function = 'RANDOMBLOB'
+
+
+class _Hex(Function):
+    __slots__ = ()
+    _function = 'HEX'
+
+
+class _Replace(Function):
+    __slots__ = ()
+    _function = 'REPLACE'
 
 
 def _ids(query):
@@ -1068,34 +1113,50 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
         records are (marketing record id, underlying record) pairs.  An
         activity whose condition is false for a record does not get it."""
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         table = cls.__table__()
+        record = Record.__table__()
         if not activities or not records:
             return
         now = _now()
-        rows = []
+        columns = [table.create_uid, table.create_date, table.record,
+            table.activity, table.state, table.at, table.email_opened,
+            table.email_clicked, table.email_sent]
+        on_conflict = None
+        if transaction.database.has_insert_on_conflict():
+            from sql import Conflict
+            on_conflict = Conflict(table)
         for activity in activities:
             if activity.event and not activity.negative:
                 at = None
             else:
                 at = now + (activity.delay or datetime.timedelta())
-            rows.extend(
-                [transaction.user, now, record_id, activity.id, 'waiting', at,
-                    False, False, False]
-                for record_id, record in records
-                if activity.condition_holds(record))
-        on_conflict = None
-        if transaction.database.has_insert_on_conflict():
-            from sql import Conflict
-            on_conflict = Conflict(table)
-        for sub in grouped_slice(rows, batch_size()):
-            cursor.execute(*table.insert(
-                    [table.create_uid, table.create_date, table.record,
-                        table.activity, table.state, table.at,
-                        table.email_opened, table.email_clicked,
-                        table.email_sent],
-                    list(sub), on_conflict=on_conflict))
+            if activity.condition:
+                rows = [
+                    [transaction.user, now, record_id, activity.id,
+                        'waiting', at, False, False, False]
+                    for record_id, instance in records
+                    if activity.condition_holds(instance)]
+                for sub in grouped_slice(rows, batch_size()):
+                    cursor.execute(*table.insert(
+                            columns, list(sub), on_conflict=on_conflict))
+            else:
+                # one short statement: the ids of a batch are mostly
+                # consecutive
+                for sub in grouped_slice(
+                        [r for r, _ in records], batch_size()):
+                    cursor.execute(*table.insert(columns, record.select(
+                                Literal(transaction.user), Literal(now),
+                                record.id, Literal(activity.id),
+                                Literal('waiting'),
+                                Literal(at),
+                                Literal(False), Literal(False),
+                                Literal(False),
+                                where=reduce_ids(record.id, sub)),
+                            on_conflict=on_conflict))
 
     @classmethod
     def _due_query(cls, now):

@@ -220,12 +220,13 @@ def prepare(activity, records):
                             token])
                     urls.append(ShortenedURL.token_url(token, base, database))
                 html = mailing.fill(rendered.html, urls)
+                text = mailing.fill(rendered.text, urls, quote=False)
                 message_id = mailing.message_id(
                     '%s.%s' % (uuid, activity.id), domain)
                 try:
                     message = mailing.build_message(
                         sender, recipient, rendered.subject, html,
-                        mailing.html_to_text(html), message_id=message_id,
+                        text, message_id=message_id,
                         unsubscribe=mailing.unsubscribe_url(
                             base, transaction.database.name, uuid),
                         language=language)
