@@ -19,7 +19,7 @@ from itertools import groupby
 from sql import Cast, Literal, Null
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
-from sql.functions import Function, Lower
+from sql.functions import Function
 from sql.operators import Concat, Exists
 
 from trytond import backend
@@ -450,23 +450,11 @@ def _random_hex():
     if backend.name == 'postgresql':
         return _Replace(
             Cast(_GenRandomUuid(), 'VARCHAR'), Literal('-'), Literal(''))
-    elif backend.name == 'sqlite':
-        return Lower(_Hex(_RandomBlob(16)))
 
 
 class _GenRandomUuid(Function):
     __slots__ = ()
     _function = 'GEN_RANDOM_UUID'
-
-
-class _RandomBlob(Function):
-    __slots__ = ()
-    _function = 'RANDOMBLOB'
-
-
-class _Hex(Function):
-    __slots__ = ()
-    _function = 'HEX'
 
 
 class _Replace(Function):

@@ -14,7 +14,7 @@ from trytond.tests.test_tryton import (
     CONTEXT, DB_NAME, USER, ModuleTestCase, with_transaction)
 from trytond.transaction import Transaction
 
-from .tools import committed
+from .tools import committed, override_config
 
 EMAIL = {
     'action': 'send_email',
@@ -186,6 +186,36 @@ class MarketingAutomationEngineTestCase(ModuleTestCase):
         self.assertEqual(set(records(scenario)), {
                 "Customer Ann", "Customer Bob", "Customer Cid"})
         self.assertEqual(RecordActivity.search([], count=True), 3)
+
+    @with_transaction()
+    def test_trigger_in_batches(self):
+        """Records enter in batches, each once with its own unguessable
+        uuid, whatever the size of the batches"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        parties = create_parties(*("Customer %s" % i for i in range(7)))
+        parties[3].active = False
+        parties[3].save()
+        scenario = create_scenario([], [{'name': "Welcome"}, {
+                    'name': "Later", 'delay': dt.timedelta(days=1),
+                    }],
+            domain=encode([('name', 'like', 'Customer %')]))
+
+        with override_config({('marketing', 'automation_batch_size'): '2'}):
+            Scenario.trigger()
+
+        entered = Record.search([('scenario', '=', scenario.id)])
+        self.assertEqual(
+            sorted(r.record.id for r in entered),
+            sorted(p.id for p in parties if p.active))
+        uuids = {r.uuid for r in entered}
+        self.assertEqual(len(uuids), 6)
+        for uuid in uuids:
+            self.assertRegex(uuid, r'^[0-9a-f]{32}$')
+        by_name = activities()
+        self.assertEqual(len(entries(by_name["Welcome"])), 6)
+        self.assertEqual(len(entries(by_name["Later"])), 6)
 
     @with_transaction()
     def test_root_condition(self):
