@@ -23,6 +23,7 @@ from sql.functions import Function
 from sql.operators import Concat, Exists
 
 from trytond import backend
+from trytond.cache import Cache
 from trytond.i18n import gettext
 from trytond.model import (
     EvalEnvironment, Index, ModelSQL, ModelView, Unique, Workflow, fields)
@@ -470,6 +471,9 @@ def _ids(query):
 
 class Activity(ModelSQL, ModelView):
     __name__ = 'marketing.automation.activity'
+    # the children waiting for an event of an activity, read at every click
+    _event_children_cache = Cache(
+        'marketing.automation.activity.event_children', context=False)
 
     name = fields.Char("Name", required=True, translate=True)
     parent = fields.Reference(
@@ -622,6 +626,32 @@ class Activity(ModelSQL, ModelView):
         super().__setup__()
         t = cls.__table__()
         cls._sql_indexes.add(Index(t, (t.parent, Index.Equality())))
+
+    @classmethod
+    def on_modification(cls, mode, activities, field_names=None):
+        super().on_modification(mode, activities, field_names=field_names)
+        cls._event_children_cache.clear()
+
+    @classmethod
+    def event_children(cls, activity_id):
+        """The children of the activity that wait for one of its events, as
+        (child id, event, negative, delay) tuples"""
+        children = cls._event_children_cache.get(activity_id)
+        if children is None:
+            table = cls.__table__()
+            cursor = Transaction().connection.cursor()
+            parent = '%s,%s' % (cls.__name__, activity_id)
+            cursor.execute(*table.select(
+                    table.id, table.event, table.negative, table.delay,
+                    where=(table.parent == parent) & (table.event != Null)))
+            children = []
+            for child_id, event, negative, delay in cursor:
+                if delay is not None and not isinstance(
+                        delay, datetime.timedelta):
+                    delay = datetime.timedelta(seconds=delay)
+                children.append((child_id, event, bool(negative), delay))
+            cls._event_children_cache.set(activity_id, children)
+        return children
 
     @classmethod
     def get_actions(cls):
@@ -1330,7 +1360,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         table = cls.__table__()
-        activity = Activity.__table__()
         cursor = Transaction().connection.cursor()
         ids = list(map(int, record_activities))
         if not ids:
@@ -1348,26 +1377,19 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                         new[event].append((id_, activity_id, record_id))
         if not new:
             return
-        for event, rows in new.items():
-            for sub in grouped_slice(rows, backend.MAX_QUERY_PARAMS):
-                cursor.execute(*table.update(
-                        [getattr(table, event)], [True],
-                        where=reduce_ids(table.id, [r[0] for r in sub])))
+        flagged = {r[0] for rows in new.values() for r in rows}
+        for sub in grouped_slice(flagged, backend.MAX_QUERY_PARAMS):
+            # a flag already set stays set: one statement for every event
+            cursor.execute(*table.update(
+                    flags, [True] * len(flags),
+                    where=reduce_ids(table.id, sub)))
 
-        parents = {r[1] for rows in new.values() for r in rows}
-        cursor.execute(*activity.select(
-                activity.id, activity.parent, activity.event,
-                activity.negative, activity.delay,
-                where=activity.parent.in_([
-                        '%s,%s' % (Activity.__name__, p) for p in parents])
-                & activity.event.in_(list(new))))
         children = defaultdict(list)
-        for child_id, parent, event, negative, delay in cursor:
-            if delay is not None and not isinstance(
-                    delay, datetime.timedelta):
-                delay = datetime.timedelta(seconds=delay)
-            children[int(parent.split(',')[1]), event].append(
-                (child_id, negative, delay))
+        for activity_id in {r[1] for rows in new.values() for r in rows}:
+            for child_id, event, negative, delay in Activity.event_children(
+                    activity_id):
+                children[activity_id, event].append(
+                    (child_id, negative, delay))
         now = _now()
         for event, rows in new.items():
             rows.sort(key=lambda r: r[1])

@@ -586,6 +586,37 @@ class MarketingAutomationEngineTestCase(ModuleTestCase):
             ats)
 
     @with_transaction()
+    def test_event_children_follow_changes(self):
+        "A click runs the children as they are when it happens"
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        parties = create_recipients("Ann", "Bob", "Cid")
+        create_scenario(parties, email_tree())
+        email = self.send_emails()
+        by_name = activities()
+        RecordActivity.on_email_clicked([entries(email)["Ann"]])
+
+        Activity.write([by_name["Clicked"]], {
+                'delay': dt.timedelta(days=2),
+                })
+        before = dt.datetime.now()
+        RecordActivity.on_email_clicked([entries(email)["Bob"]])
+        after = dt.datetime.now()
+
+        clicked = entries(by_name["Clicked"])
+        self.assertAtAfter(clicked["Bob"].at, before, after, dt.timedelta(
+                days=2))
+
+        Activity.write([by_name["Not opened"]], {'on': None})
+        RecordActivity.on_email_clicked([entries(email)["Cid"]])
+
+        # no longer waiting for an event, the activity is not cancelled
+        self.assertEqual(
+            states(by_name["Not opened"]),
+            {"Ann": 'cancelled', "Bob": 'cancelled', "Cid": 'waiting'})
+
+    @with_transaction()
     def test_event_on_waiting_email(self):
         "An event for an email not sent yet changes nothing"
         pool = Pool()
