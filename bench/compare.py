@@ -86,8 +86,12 @@ def versions(python):
     return json.loads(output)
 
 
+def result_path(out, name, args):
+    return out / ('%s-%s-%s-n%d.json' % (name, args.db, args.queue, args.n))
+
+
 def measure(name, python, args, out):
-    path = out / ('%s-%s-%s-n%d.json' % (name, args.db, args.queue, args.n))
+    path = result_path(out, name, args)
     command = [str(python), str(harness()), '--db', args.db,
         '--n', str(args.n), '--queue', args.queue, '--label', name,
         '--json', str(path)]
@@ -168,9 +172,25 @@ def main():
     parser.add_argument('--timeout', type=float, default=None,
         help="seconds after which a module's run is given up")
     parser.add_argument('--out', default=str(HERE / 'results'))
+    parser.add_argument('--report', action='store_true',
+        help="print the table of the results kept in --out, measuring "
+        "nothing")
     args = parser.parse_args()
 
     out = Path(args.out)
+    if args.report:
+        results = {}
+        for name in args.modules.split(','):
+            with result_path(out, name, args).open() as file:
+                results[name] = json.loads(file.readline())
+        print('# kept results: ' + '; '.join(
+                '%s = %s %s, started %s' % (
+                    n, r['module']['name'], r['module']['version'],
+                    r['env']['started'])
+                for n, r in results.items())
+            + '; db=%s n=%d queue=%s' % (args.db, args.n, args.queue))
+        report(results)
+        return
     out.mkdir(parents=True, exist_ok=True)
     pythons = {n: environment(n) for n in args.modules.split(',')}
     print('# measured: ' + '; '.join(
