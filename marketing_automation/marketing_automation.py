@@ -1178,6 +1178,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def _due_query(cls, now):
+        """The tables joined to find due entries, the condition on the entry
+        itself and the condition on its record and scenario"""
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         Scenario = pool.get('marketing.automation.scenario')
@@ -1191,10 +1193,10 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             .join(scenario, condition=record.scenario == scenario.id)), (
             (table.state == 'waiting')
             & (table.at != Null) & (table.at <= now)
-            & (scenario.state == 'running')
-            & (record.blocked == Literal(False))
             & ~Exists(email.select(
-                    Literal(1), where=email.record_activity == table.id)))
+                    Literal(1), where=email.record_activity == table.id))), (
+            (scenario.state == 'running')
+            & (record.blocked == Literal(False)))
 
     @classmethod
     def process(cls):
@@ -1204,7 +1206,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         Email = pool.get('marketing.automation.email')
         Email.ready()
         cursor = Transaction().connection.cursor()
-        table, _, _, from_, due = cls._due_query(_now())
+        table, _, _, from_, entry_due, record_due = cls._due_query(_now())
+        due = entry_due & record_due
         size = batch_size()
         last_id = 0
         while True:
@@ -1233,16 +1236,19 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         now = _now()
-        table, record, _, from_, due = cls._due_query(now)
+        table, record, scenario, from_, entry_due, _ = cls._due_query(now)
 
         # Lock the entries so that concurrent workers do each one once.
+        # Only the entries are filtered in SQL: a condition on the scenario
+        # could lead the database to read all the records of the scenario.
         for_ = for_update(table)
         cursor.execute(*from_.select(
                 table.id, table.activity, table.record, record.record,
-                where=due & reduce_ids(table.id, record_activities),
+                record.blocked, scenario.state,
+                where=entry_due & reduce_ids(table.id, record_activities),
                 order_by=[table.activity, table.id],
                 for_=for_))
-        rows = cursor.fetchall()
+        rows = [r[:4] for r in cursor if not r[4] and r[5] == 'running']
         if not rows:
             return
         # A worker waiting for these locks reads with a snapshot older than
