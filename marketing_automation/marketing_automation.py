@@ -407,8 +407,13 @@ class Scenario(Workflow, ModelSQL, ModelView):
                 cursor.execute(*record.select(
                         record.id, record.record,
                         where=record.uuid.in_(uuids)))
-            RecordActivity.schedule(roots, [
-                    (i, Model(int(r.split(',')[1]))) for i, r in cursor])
+            rows = cursor.fetchall()
+            if any(a.condition for a in roots):
+                entered = [(i, Model(int(r.split(',')[1]))) for i, r in rows]
+            else:
+                # the instances serve only the conditions
+                entered = [(i, None) for i, _ in rows]
+            RecordActivity.schedule(roots, entered)
 
     @classmethod
     def unsubscribe(cls, records):
@@ -1129,8 +1134,9 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     def schedule(cls, activities, records):
         """Create the waiting entries of the activities for the records.
 
-        records are (marketing record id, underlying record) pairs.  An
-        activity whose condition is false for a record does not get it."""
+        records are (marketing record id, underlying record) pairs; only the
+        activities with a condition read the underlying record, and one whose
+        condition is false for a record does not get it."""
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         transaction = Transaction()
