@@ -368,6 +368,8 @@ class Scenario(Workflow, ModelSQL, ModelView):
         columns = [record.create_uid, record.create_date, record.scenario,
             record.record, record.blocked, record.uuid]
         random_hex = _random_hex()
+        rows_made_by_database = (
+            random_hex is not None and database.has_returning())
         RecordActivity = pool.get('marketing.automation.record.activity')
         roots = [a for a in self.activities]
         last_id = 0
@@ -382,7 +384,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
                 break
             last_id = ids[-1]
             now = _now()
-            if random_hex and database.has_returning():
+            if rows_made_by_database:
                 # the rows are made by the database from the ids: the
                 # statement stays short whatever the size of the batch
                 model = Model.__table__()
@@ -1396,19 +1398,15 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                     flags, [True] * len(flags),
                     where=reduce_ids(table.id, sub)))
 
-        children = defaultdict(list)
-        for activity_id in {r[1] for rows in new.values() for r in rows}:
-            for child_id, event, negative, delay in Activity.event_children(
-                    activity_id):
-                children[activity_id, event].append(
-                    (child_id, negative, delay))
         now = _now()
         for event, rows in new.items():
             rows.sort(key=lambda r: r[1])
             for activity_id, group in groupby(rows, key=lambda r: r[1]):
                 record_ids = [r[2] for r in group]
-                for child_id, negative, delay in children.get(
-                        (activity_id, event), []):
+                for child_id, child_event, negative, delay in (
+                        Activity.event_children(activity_id)):
+                    if child_event != event:
+                        continue
                     for sub in grouped_slice(
                             record_ids, backend.MAX_QUERY_PARAMS):
                         where = ((table.activity == child_id)
