@@ -36,7 +36,7 @@ from trytond.transaction import Transaction
 from . import mailing, marketing_automation_email
 from .exceptions import ActivityError, ConditionError, DomainError
 from .mixin import MarketingAutomationMixin
-from .tools import BROWSE_SIZE, batch_size, for_update, queue
+from .tools import BROWSE_SIZE, batch_size, for_update, queue, skip_conflicts
 
 EVENTS = {
     'send_email': ['email_opened', 'email_clicked'],
@@ -361,10 +361,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
                 where=(record.scenario == self.id)
                 & (record.record == reference)))
 
-        on_conflict = None
-        if database.has_insert_on_conflict():
-            from sql import Conflict
-            on_conflict = Conflict(record)
+        on_conflict = skip_conflicts(record)
         columns = [record.create_uid, record.create_date, record.scenario,
             record.record, record.blocked, record.uuid]
         random_hex = _random_hex()
@@ -1151,10 +1148,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         columns = [table.create_uid, table.create_date, table.record,
             table.activity, table.state, table.at, table.email_opened,
             table.email_clicked, table.email_sent]
-        on_conflict = None
-        if transaction.database.has_insert_on_conflict():
-            from sql import Conflict
-            on_conflict = Conflict(table)
+        on_conflict = skip_conflicts(table)
         for activity in activities:
             if activity.event and not activity.negative:
                 at = None

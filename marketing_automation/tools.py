@@ -2,7 +2,7 @@
 "How the engine cuts its work into batches, queues and locks it."
 from contextlib import contextmanager
 
-from sql import For
+from sql import Conflict, For
 
 from trytond import backend
 from trytond.config import config
@@ -31,6 +31,13 @@ def queue(method, ids):
     with Transaction().set_context(queue_batch=batch):
         for sub in grouped_slice(ids, BROWSE_SIZE):
             method(list(sub))
+
+
+def skip_conflicts(table):
+    """The ON CONFLICT clause that skips the rows a unique constraint of
+    table refuses, or None where the database has none"""
+    if Transaction().database.has_insert_on_conflict():
+        return Conflict(table)
 
 
 class _ForUpdateOf(For):
