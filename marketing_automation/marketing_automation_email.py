@@ -646,6 +646,7 @@ class Email(ModelSQL, ModelView):
         address = Address.__table__()
         now = datetime.datetime.now()
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            sub = list(sub)
             query = table.join(record_activity,
                 condition=table.record_activity == record_activity.id
                 ).join(record,
@@ -662,11 +663,17 @@ class Email(ModelSQL, ModelView):
                         ir_email.marketing_automation_activity,
                         ir_email.marketing_automation_record],
                     query))
+            # ir.email has no index on its Message-ID: reach the new rows
+            # through the indexed record, or each batch would read them all
             cursor.execute(*address.insert(
                     [address.create_uid, address.create_date, address.email,
                         address.address],
-                    ir_email.join(table,
-                        condition=ir_email.message_id == table.message_id
+                    table.join(record_activity,
+                        condition=table.record_activity == record_activity.id
+                        ).join(ir_email,
+                        condition=(ir_email.marketing_automation_record
+                            == record_activity.record)
+                        & (ir_email.message_id == table.message_id)
                         ).select(
                         Literal(transaction.user), Literal(now),
                         ir_email.id, table.address,

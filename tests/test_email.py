@@ -369,6 +369,8 @@ class EmailTestCase(SendingTestMixin, TestCase):
                 self.assertEqual(logged.marketing_automation_activity, root)
                 self.assertEqual(logged.marketing_automation_record, record)
                 self.assertIn(mail.envelope_to[0], logged.recipients)
+                self.assertEqual(
+                    [a.address for a in logged.addresses], mail.envelope_to)
                 # the children wait for the events of this email
                 self.assertEqual(
                     self.entry(scenario, party, "Thanks").at, None)
