@@ -1180,8 +1180,9 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def _due_query(cls, now):
-        """The tables joined to find due entries, the condition on the entry
-        itself and the condition on its record and scenario"""
+        """The tables joined to find due entries, the condition on the
+        entry's state and time, the condition that no email of the entry
+        waits for delivery and the condition on its record and scenario"""
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         Scenario = pool.get('marketing.automation.scenario')
@@ -1194,8 +1195,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             table.join(record, condition=table.record == record.id)
             .join(scenario, condition=record.scenario == scenario.id)), (
             (table.state == 'waiting')
-            & (table.at != Null) & (table.at <= now)
-            & ~Exists(email.select(
+            & (table.at != Null) & (table.at <= now)), (
+            ~Exists(email.select(
                     Literal(1), where=email.record_activity == table.id))), (
             (scenario.state == 'running')
             & (record.blocked == Literal(False)))
@@ -1208,21 +1209,15 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         Email = pool.get('marketing.automation.email')
         Email.ready()
         cursor = Transaction().connection.cursor()
-        table, _, _, from_, entry_due, record_due = cls._due_query(_now())
-        due = entry_due & record_due
-        size = batch_size()
-        last_id = 0
-        while True:
-            cursor.execute(*from_.select(
-                    table.id,
-                    where=due & (table.id > last_id),
-                    order_by=[table.id.asc],
-                    limit=size))
-            ids = [i for i, in cursor]
-            if not ids:
-                break
-            last_id = ids[-1]
-            queue(cls.__queue__.do, ids)
+        table, _, _, from_, waiting, unsent, record_due = cls._due_query(
+            _now())
+        # One query: reading them by pages would search the due entries
+        # again for each page.
+        cursor.execute(*from_.select(
+                table.id,
+                where=waiting & unsent & record_due,
+                order_by=[table.id.asc]))
+        queue(cls.__queue__.do, [i for i, in cursor])
 
     @classmethod
     def do(cls, record_activities):
@@ -1238,19 +1233,22 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         now = _now()
-        table, record, scenario, from_, entry_due, _ = cls._due_query(now)
+        table, record, scenario, from_, _, unsent, _ = cls._due_query(now)
 
         # Lock the entries so that concurrent workers do each one once.
-        # Only the entries are filtered in SQL: a condition on the scenario
-        # could lead the database to read all the records of the scenario.
+        # They are found by their ids alone and checked once read: with a
+        # condition on their state or time in the query, the database could
+        # read every waiting entry to find them.
         for_ = for_update(table)
         cursor.execute(*from_.select(
                 table.id, table.activity, table.record, record.record,
-                record.blocked, scenario.state,
-                where=entry_due & reduce_ids(table.id, record_activities),
+                table.state, table.at, record.blocked, scenario.state,
+                where=reduce_ids(table.id, record_activities) & unsent,
                 order_by=[table.activity, table.id],
                 for_=for_))
-        rows = [r[:4] for r in cursor if not r[4] and r[5] == 'running']
+        rows = [r[:4] for r in cursor
+            if r[4] == 'waiting' and r[5] is not None and r[5] <= now
+            and not r[6] and r[7] == 'running']
         if not rows:
             return
         # A worker waiting for these locks reads with a snapshot older than
@@ -1281,30 +1279,34 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @classmethod
     def _write_done(cls, ids, errors, sent=()):
         """Mark done the record activities of ids, with the errors that kept
-        their action from being done"""
+        their action from being done, and flag those of sent as sent
+
+        Each entry is written once: an entry updated twice leaves one more
+        dead row behind in the table and its indexes."""
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         table = cls.__table__()
         now = _now()
-        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
-            cursor.execute(*table.update(
-                    [table.state, table.at, table.write_uid,
-                        table.write_date],
-                    ['done', now, transaction.user, now],
-                    where=reduce_ids(table.id, sub)))
-        for sub in grouped_slice(sent, backend.MAX_QUERY_PARAMS):
-            cursor.execute(*table.update(
-                    [table.email_sent, table.error], [True, Null],
-                    where=reduce_ids(table.id, sub)))
-        by_error = defaultdict(list)
-        for record_activity_id, error in errors.items():
-            if error:
-                by_error[error].append(record_activity_id)
-        for error, error_ids in by_error.items():
-            for sub in grouped_slice(error_ids, backend.MAX_QUERY_PARAMS):
+        sent = set(sent)
+        groups = defaultdict(list)
+        for record_activity_id in ids:
+            groups[record_activity_id in sent,
+                errors.get(record_activity_id) or None].append(
+                record_activity_id)
+        for (was_sent, error), group in groups.items():
+            columns = [table.state, table.at, table.write_uid,
+                table.write_date]
+            values = ['done', now, transaction.user, now]
+            if was_sent:
+                # an error of an earlier attempt is over
+                columns += [table.email_sent, table.error]
+                values += [True, error]
+            elif error:
+                columns.append(table.error)
+                values.append(error)
+            for sub in grouped_slice(group, backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.update(
-                        [table.error], [error],
-                        where=reduce_ids(table.id, sub)))
+                        columns, values, where=reduce_ids(table.id, sub)))
 
     @classmethod
     def complete(cls, errors, sent):

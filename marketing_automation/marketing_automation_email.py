@@ -448,13 +448,16 @@ class Email(ModelSQL, ModelView):
                     ).join(scenario,
                     condition=record.scenario == scenario.id
                     ).select(
-                    table.id, record.blocked, scenario.state,
-                    where=reduce_ids(table.id, sub)
-                    & (table.state == 'pending')
-                    & (table.next_attempt <= now),
+                    table.id, table.state, table.next_attempt,
+                    record.blocked, scenario.state,
+                    where=reduce_ids(table.id, sub),
                     for_=for_))
-            for email_id, record_blocked, scenario_state in cursor:
-                if record_blocked:
+            for (email_id, state, next_attempt, record_blocked,
+                    scenario_state) in cursor:
+                if (state != 'pending' or next_attempt is None
+                        or next_attempt > now):
+                    continue
+                elif record_blocked:
                     blocked.append(email_id)
                 elif scenario_state == 'running':
                     pending.append(email_id)
@@ -474,23 +477,30 @@ class Email(ModelSQL, ModelView):
 
     @classmethod
     def _lease(cls, ids):
-        "Keep other runs away from the emails for a while"
+        """Keep other runs away from the pending emails of ids for a while
+
+        The statements of the emails of a batch find them by their ids
+        alone: the rows deleted once sent stay in the indexes until the table
+        is vacuumed, and a condition on the state could make the database
+        read them all."""
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         until = datetime.datetime.now() + LEASE
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.update(
                     [table.next_attempt], [until],
-                    where=reduce_ids(table.id, sub)
-                    & (table.state == 'pending')))
+                    where=reduce_ids(table.id, sub)))
 
     @classmethod
     def _send(cls, ids):
+        "Send the leased emails of ids"
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         table = cls.__table__()
         server = None
         answered = set()
+        # a slow server may take longer than the lease: renew it half-way
+        renewal = datetime.datetime.now() + LEASE / 2
 
         def postpone_unanswered(exception):
             cls._postpone(
@@ -498,16 +508,16 @@ class Email(ModelSQL, ModelView):
 
         try:
             for sub in grouped_slice(ids, 100):
-                sub = list(sub)
-                cls._lease(sub)
                 cursor.execute(*table.select(
                         table.id, table.sender, table.address, table.message,
-                        table.attempts,
-                        where=reduce_ids(table.id, sub)
-                        & (table.state == 'pending'),
+                        table.attempts, table.state,
+                        where=reduce_ids(table.id, sub),
                         order_by=[table.id.asc]))
-                for email_id, sender, address, message, attempts in (
-                        cursor.fetchall()):
+                rows = [r[:-1] for r in cursor if r[-1] == 'pending']
+                if datetime.datetime.now() >= renewal:
+                    cls._lease([i for i in ids if i not in answered])
+                    renewal = datetime.datetime.now() + LEASE / 2
+                for email_id, sender, address, message, attempts in rows:
                     if server is None:
                         try:
                             server = get_smtp_server(strict=True)
@@ -571,10 +581,11 @@ class Email(ModelSQL, ModelView):
         now = datetime.datetime.now()
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.select(
-                    table.id, table.attempts,
-                    where=reduce_ids(table.id, sub)
-                    & (table.state == 'pending')))
-            for email_id, attempts in cursor.fetchall():
+                    table.id, table.attempts, table.state,
+                    where=reduce_ids(table.id, sub)))
+            for email_id, attempts, state in cursor.fetchall():
+                if state != 'pending':
+                    continue
                 attempts += 1
                 if attempts >= MAX_ATTEMPTS:
                     values = ['failed', attempts, now, gettext(
