@@ -514,10 +514,10 @@ class Email(ModelSQL, ModelView):
                         where=reduce_ids(table.id, sub),
                         order_by=[table.id.asc]))
                 rows = [r[:-1] for r in cursor if r[-1] == 'pending']
-                if datetime.datetime.now() >= renewal:
-                    cls._lease([i for i in ids if i not in answered])
-                    renewal = datetime.datetime.now() + LEASE / 2
                 for email_id, sender, address, message, attempts in rows:
+                    if datetime.datetime.now() >= renewal:
+                        cls._lease([i for i in ids if i not in answered])
+                        renewal = datetime.datetime.now() + LEASE / 2
                     if server is None:
                         try:
                             server = get_smtp_server(strict=True)

@@ -30,9 +30,11 @@ import time
 import unittest
 import uuid
 from collections import Counter
+from unittest.mock import patch
 
 from trytond import backend
 from trytond.i18n import gettext
+from trytond.modules.marketing_automation import marketing_automation_email
 from trytond.pool import Pool
 from trytond.tests.test_tryton import (
     DB_NAME, TestCase, activate_module, drop_db)
@@ -505,6 +507,34 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         self.assertEqual(message_id(first), message_id(second))
         with inspecting():
             self.assertSent(scenario, ['ann', 'bob'])
+
+    @unittest.skipIf(backend.name == 'sqlite', SHARED_DATABASE)
+    def test_lease_outlasts_a_slow_server(self):
+        "A batch that takes longer than its lease keeps it to the end"
+        names = ['s%02d' % i for i in range(10)]
+        scenario = self.start_scenario(self.create_parties(*names))
+        self.trigger()
+        expired = []
+
+        def look(received):
+            # what another run would see while the server takes a message
+            with inspecting():
+                expired.extend(
+                    name for name, email in self.emails(scenario).items()
+                    if email.state == 'pending'
+                    and email.next_attempt <= now())
+
+        self.smtp.on_message = look
+        self.smtp.stall = 0.3
+        with patch.object(
+                marketing_automation_email, 'LEASE', dt.timedelta(seconds=2)):
+            self.process()
+
+        self.assertEqual(
+            self.received(), Counter({address(n): 1 for n in names}))
+        self.assertEqual(expired, [], msg="the lease ran out")
+        with inspecting():
+            self.assertSent(scenario, names)
 
     def test_one_failure_never_blocks_the_batch(self):
         "Each failing recipient, template or answer fails alone"

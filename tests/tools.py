@@ -58,10 +58,13 @@ class _Handler:
             code = self.server.refused_data.get(address.lower())
             if code:
                 return _refusal(code)
+        received = Received(
+            envelope.mail_from, list(envelope.rcpt_tos),
+            envelope.original_content)
         with self.server.lock:
-            self.server.messages.append(Received(
-                    envelope.mail_from, list(envelope.rcpt_tos),
-                    envelope.original_content))
+            self.server.messages.append(received)
+        if self.server.on_message:
+            self.server.on_message(received)
         # The message is taken but the client may give up waiting for the
         # answer, as when a connection drops at the worst moment.
         if self.server.stall:
@@ -86,13 +89,15 @@ class SMTPServer:
     code to answer to its RCPT command (4xx or 5xx) and ``refused_data`` to
     the code to answer to the end of the DATA of its messages, which it does
     not keep; ``stall`` is how many seconds it waits, once it has taken a
-    message, before answering the end of its DATA."""
+    message, before answering the end of its DATA, and ``on_message`` a
+    function called with each message it takes, before it answers."""
 
     def __init__(self):
         self.messages = []
         self.refused = {}
         self.refused_data = {}
         self.stall = 0
+        self.on_message = None
         self.lock = threading.Lock()
         self.port = 0
         self._controller = None
