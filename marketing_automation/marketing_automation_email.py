@@ -656,6 +656,13 @@ class Email(ModelSQL, ModelView):
         ir_email = IrEmail.__table__()
         address = Address.__table__()
         now = datetime.datetime.now()
+        returning = transaction.database.has_returning()
+        columns = [ir_email.create_uid, ir_email.create_date,
+            ir_email.recipients, ir_email.subject, ir_email.message_id,
+            ir_email.resource, ir_email.marketing_automation_activity,
+            ir_email.marketing_automation_record]
+        address_columns = [address.create_uid, address.create_date,
+            address.email, address.address]
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             sub = list(sub)
             query = table.join(record_activity,
@@ -667,28 +674,39 @@ class Email(ModelSQL, ModelView):
                     table.recipient, table.subject, table.message_id,
                     record.record, record_activity.activity, record.id,
                     where=reduce_ids(table.id, sub))
-            cursor.execute(*ir_email.insert(
-                    [ir_email.create_uid, ir_email.create_date,
-                        ir_email.recipients, ir_email.subject,
-                        ir_email.message_id, ir_email.resource,
-                        ir_email.marketing_automation_activity,
-                        ir_email.marketing_automation_record],
-                    query))
-            # ir.email has no index on its Message-ID: reach the new rows
-            # through the indexed record, or each batch would read them all
-            cursor.execute(*address.insert(
-                    [address.create_uid, address.create_date, address.email,
-                        address.address],
-                    table.join(record_activity,
-                        condition=table.record_activity == record_activity.id
-                        ).join(ir_email,
-                        condition=(ir_email.marketing_automation_record
-                            == record_activity.record)
-                        & (ir_email.message_id == table.message_id)
-                        ).select(
-                        Literal(transaction.user), Literal(now),
-                        ir_email.id, table.address,
-                        where=reduce_ids(table.id, sub))))
+            if returning:
+                # ir.email has no index on the Message-ID: the new rows give
+                # their ids rather than being searched among all the others
+                cursor.execute(*ir_email.insert(
+                        columns, query,
+                        returning=[ir_email.id, ir_email.message_id]))
+                logged = {m: i for i, m in cursor}
+                cursor.execute(*table.select(
+                        table.message_id, table.address,
+                        where=reduce_ids(table.id, sub)))
+                addresses = [
+                    [transaction.user, now, logged[message_id], address_]
+                    for message_id, address_ in cursor.fetchall()
+                    if message_id in logged]
+                if addresses:
+                    cursor.execute(*address.insert(
+                            address_columns, addresses))
+            else:
+                cursor.execute(*ir_email.insert(columns, query))
+                # SQLite finds the new rows through the index of their record
+                cursor.execute(*address.insert(
+                        address_columns,
+                        table.join(record_activity,
+                            condition=(
+                                table.record_activity == record_activity.id)
+                            ).join(ir_email,
+                            condition=(ir_email.marketing_automation_record
+                                == record_activity.record)
+                            & (ir_email.message_id == table.message_id)
+                            ).select(
+                            Literal(transaction.user), Literal(now),
+                            ir_email.id, table.address,
+                            where=reduce_ids(table.id, sub))))
 
 
 def _describe(exception):
