@@ -476,7 +476,7 @@ class Email(ModelSQL, ModelView):
 
     @classmethod
     def _lease(cls, ids):
-        """Keep other runs away from the pending emails of ids for a while
+        """Keep other runs away from the emails of ids for a while
 
         The statements of the emails of a batch find them by their ids
         alone: the rows deleted once sent stay in the indexes until the table
