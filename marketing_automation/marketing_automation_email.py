@@ -316,18 +316,19 @@ def _recipients(party_ids):
     recipients = {}
     for sub in grouped_slice(list(party_ids), backend.MAX_QUERY_PARAMS):
         sub = list(sub)
-        # a party may have a language per company: take the first, party by
-        # party through the index, rather than joining all their languages
-        first_code = party_lang.join(lang,
-            condition=party_lang.lang == lang.id
-            ).select(lang.code,
-            where=party_lang.party == party.id,
-            order_by=[party_lang.id.asc], limit=1)
-        cursor.execute(*party.select(
-                party.id, party.name, first_code,
-                where=reduce_ids(party.id, sub)))
+        cursor.execute(*party.join(party_lang, 'LEFT',
+                condition=party_lang.party == party.id
+                ).join(lang, 'LEFT',
+                condition=party_lang.lang == lang.id
+                ).select(
+                party.id, party.name, lang.code,
+                where=reduce_ids(party.id, sub),
+                order_by=[party.id, party_lang.id]))
         for party_id, name, code in cursor:
-            recipients[party_id] = (name, None, code or default_language)
+            # a party may have a language per company: take the first
+            if party_id not in recipients:
+                recipients[party_id] = (
+                    name, None, code or default_language)
         cursor.execute(*mechanism.select(
                 mechanism.party, mechanism.name, mechanism.value,
                 where=reduce_ids(mechanism.party, sub)
