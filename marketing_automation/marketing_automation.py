@@ -1246,9 +1246,12 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 where=reduce_ids(table.id, record_activities) & unsent,
                 order_by=[table.activity, table.id],
                 for_=for_))
-        rows = [r[:4] for r in cursor
-            if r[4] == 'waiting' and r[5] is not None and r[5] <= now
-            and not r[6] and r[7] == 'running']
+        rows = [
+            (id_, activity_id, record_id, reference)
+            for (id_, activity_id, record_id, reference, state, at, blocked,
+                scenario_state) in cursor
+            if state == 'waiting' and at is not None and at <= now
+            and not blocked and scenario_state == 'running']
         if not rows:
             return
         # A worker waiting for these locks reads with a snapshot older than
