@@ -16,8 +16,11 @@ The environments are made on first use under bench/.venv-*:
 import argparse
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +44,20 @@ PHASES = {
     'e_unsubscribe': 'requests',
     'f_process_delayed': 'emails_received',
     }
+# The units each phase is expected to handle, with the harness's defaults
+# (a tenth of the recipients click, a hundredth unsubscribe): they give the
+# time per unit of a phase whose run was given up
+EXPECTED_UNITS = {
+    'a_trigger': lambda n: n,
+    'b_process': lambda n: n,
+    'c_click': lambda n: n // 10,
+    'd_process': lambda n: n // 10,
+    'e_unsubscribe': lambda n: n // 100,
+    'f_process_delayed': lambda n: n - n // 10,
+    }
+PHASE_STARTED = re.compile(r'^\[bench_ma\] phase (\w+) \.\.\.$')
+PHASE_ENDED = re.compile(
+    r'^\[bench_ma\] phase (\w+): ([0-9.]+) s, ([0-9]+) statements')
 
 
 def harness():
@@ -91,7 +108,14 @@ def result_path(out, name, args):
 
 
 def measure(name, python, args, out):
+    """The result of the harness for the module of name.
+
+    A run given up after --timeout gives the phases it finished, from the
+    harness's progress lines, and the time the running one had taken so
+    far: a lower bound of its time, marked "at_least"."""
     path = result_path(out, name, args)
+    if path.exists():
+        path.unlink()
     command = [str(python), str(harness()), '--db', args.db,
         '--n', str(args.n), '--queue', args.queue, '--label', name,
         '--json', str(path)]
@@ -102,8 +126,59 @@ def measure(name, python, args, out):
     print('# running %s: %s' % (name, ' '.join(command[1:])),
         file=sys.stderr, flush=True)
     started = time.monotonic()
-    # the harness exits 1 when a check fails: the figures are still kept
-    subprocess.run(command, stdout=subprocess.DEVNULL, timeout=args.timeout)
+    phases, running = {}, {}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+
+    def follow():
+        for line in process.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            line = line.rstrip('\n')
+            match = PHASE_STARTED.match(line)
+            if match:
+                running.clear()
+                running[match.group(1)] = time.monotonic()
+            match = PHASE_ENDED.match(line)
+            if match:
+                running.clear()
+                phases[match.group(1)] = {
+                    'seconds': float(match.group(2)),
+                    'statements': int(match.group(3)),
+                    }
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    try:
+        # the harness exits 1 when a check fails: the figures are kept
+        process.wait(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        stopped = time.monotonic()
+        # an interrupted harness drops its database and stops its sink
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(timeout=5)
+        result = {'partial': True, 'timeout': args.timeout, 'phases': {},
+            'checks': {}, 'env': {}}
+        for phase, figures in phases.items():
+            figures[PHASES[phase]] = EXPECTED_UNITS[phase](args.n)
+            result['phases'][phase] = figures
+        for phase, since in running.items():
+            result['phases'][phase] = {
+                'seconds': round(stopped - since, 2), 'statements': 0,
+                'at_least': True,
+                PHASES[phase]: EXPECTED_UNITS[phase](args.n),
+                }
+        with path.open('w') as file:
+            file.write(json.dumps(result) + '\n')
+        print('# %s did not finish within %s s' % (name, args.timeout),
+            flush=True)
+        return result
+    reader.join()
     if not path.exists():
         raise RuntimeError('%s gave no result' % name)
     print('# %s took %.0f s' % (name, time.monotonic() - started),
@@ -133,22 +208,33 @@ def report(results):
     print('| ' + ' | '.join(head) + ' |')
     print('|---' * len(head) + '|')
     for phase in PHASES:
-        cells, times = [], []
+        cells, times, bounds = [], [], []
         for name in names:
             seconds, per, statements = per_unit(results[name], phase)
+            # the time of a phase given up is only a lower bound
+            bound = results[name]['phases'].get(phase, {}).get('at_least')
+            mark = '> ' if bound else ''
             times.append(per)
+            bounds.append(bound)
             cells += [
-                '-' if seconds is None else '%.2f' % seconds,
-                '-' if per is None else '%.2f' % (per * 1000),
-                '-' if statements is None else '%.1f' % statements]
+                '-' if seconds is None else mark + '%.2f' % seconds,
+                '-' if per is None else mark + '%.2f' % (per * 1000),
+                '-' if statements is None or bound
+                else '%.1f' % statements]
         if len(names) == 2:
-            ratio = (
-                '%.1f×' % (times[0] / times[1])
-                if times[0] and times[1] else '-')
+            if not (times[0] and times[1]) or bounds[1]:
+                ratio = '-'
+            else:
+                ratio = ('> ' if bounds[0] else '') + '%.1f×' % (
+                    times[0] / times[1])
             cells.append(ratio)
         print('| %s | %s |' % (phase, ' | '.join(cells)))
     for name in names:
         result = results[name]
+        if result.get('partial'):
+            print('%s: given up after %s s; "> " marks the time the '
+                'running phase had taken by then' % (name, result['timeout']))
+            continue
         failed = [c for c, v in result['checks'].items() if not v['ok']]
         peak = max(
             (p.get('peak_rss_mb') or 0) for p in result['phases'].values())
@@ -184,7 +270,8 @@ def main():
             with result_path(out, name, args).open() as file:
                 results[name] = json.loads(file.readline())
         print('# kept results: ' + '; '.join(
-                '%s = %s %s, started %s' % (
+                '%s = given up after %s s' % (n, r['timeout'])
+                if r.get('partial') else '%s = %s %s, started %s' % (
                     n, r['module']['name'], r['module']['version'],
                     r['env']['started'])
                 for n, r in results.items())
@@ -203,9 +290,6 @@ def main():
     for name, python in pythons.items():
         try:
             results[name] = measure(name, python, args, out)
-        except subprocess.TimeoutExpired:
-            print('# %s did not finish within %s s'
-                % (name, args.timeout), flush=True)
         except RuntimeError as error:
             print('# %s' % error, flush=True)
     if results:
