@@ -16,3 +16,12 @@ class TemplateError(ValidationError):
 
 class ActivityError(ValidationError):
     pass
+
+
+class ActivityFault(Exception):
+    """An error of an activity that is no recipient's: the activity pauses
+    and its entries wait, none is consumed"""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message

@@ -28,8 +28,12 @@ substitution::
         sender, recipient, rendered.subject, html, text,
         message_id=..., unsubscribe=..., language=...)
 
+``check_link`` refuses the link targets an email must not carry (scripts,
+control characters, whitespace, relative URLs); ``check_links`` applies it
+to the constant links of a compiled body, and rendering to the others.
 ``unsubscribe_url`` signs the ``next`` URL it carries and ``checked_next``
-follows only a ``next`` this server signed, so the route is no open redirect.
+follows only a usable ``next`` this server signed, so the route is no open
+redirect.
 ``new_token`` gives tracked links identifiers that cannot be guessed from one
 another, and ``is_token`` and ``is_uuid`` let the routes turn garbage away
 before they touch the database.
@@ -42,6 +46,7 @@ import hmac
 import html as html_escaping
 import re
 import secrets
+import unicodedata
 from collections import namedtuple
 from datetime import datetime, timezone
 from email.header import Header
@@ -56,6 +61,9 @@ from genshi.core import DOCTYPE, END, START, TEXT, Attrs, Markup, QName, Stream
 from genshi.input import HTMLParser, ParseError
 from genshi.template import MarkupTemplate, NewTextTemplate
 from genshi.template import TemplateError as GenshiTemplateError
+from genshi.template.base import SUB
+
+from . import sandbox
 
 # MJML compilers: mrml (trytond's "mjml" extra) or mjml-python
 try:
@@ -72,7 +80,8 @@ __all__ = [
     'CLICK', 'UNSUBSCRIBE', 'OPEN',
     'compile_title', 'compile_body', 'compile_templates', 'check_title',
     'check_body', 'render', 'fill',
-    'format_recipient', 'message_id', 'build_message',
+    'format_recipient', 'check_sender', 'message_id', 'build_message',
+    'LinkError', 'check_link', 'check_links', 'is_web_url',
     'sign', 'verify', 'unsubscribe_url', 'checked_next',
     'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline']
 
@@ -88,7 +97,27 @@ class TemplateError(ValueError):
 
 
 class RenderError(Exception):
-    "A template failed while rendering for one recipient"
+    """A template failed while rendering for one recipient
+
+    fault tells whether the template is wrong for every recipient (refused by
+    the sandbox, a name or field that does not exist) rather than for the
+    values of this one."""
+
+    def __init__(self, message, fault=False):
+        super().__init__(message)
+        self.fault = fault
+
+    @classmethod
+    def of(cls, exception):
+        "The RenderError of an exception raised while rendering"
+        message = str(exception)
+        if not isinstance(exception, sandbox.TemplateFault):
+            message = f"{type(exception).__name__}: {message}"
+        expression = sandbox.expression_of(exception)
+        if expression:
+            message = f"${{{expression}}}: {message}"
+        return cls(
+            message, fault=isinstance(exception, sandbox.TemplateFault))
 
 
 # A body that is not a whole document is wrapped in an element that Genshi
@@ -121,16 +150,39 @@ def compile_body(source):
 
 def _compile(template_class, source):
     try:
-        return template_class(source)
+        template = template_class(
+            source, lookup=sandbox.Lookup, allow_exec=False,
+            loader=sandbox.NO_INCLUDES)
+        sandbox.check_template(template)
     except (GenshiTemplateError, ParseError) as exception:
         # drop the position of a Python error inside its expression
         message = re.sub(r' \([^()]*, line \d+\)$', '', str(exception.msg))
         if 'line' not in message and exception.lineno > 0:
             message += f" (line {exception.lineno})"
         raise TemplateError(message) from exception
-    except ValueError as exception:
-        # refused by the sandbox trytond puts around Genshi expressions
+    except (ValueError, sandbox.SandboxError) as exception:
+        # refused by the sandbox or by the one trytond puts around Genshi
         raise TemplateError(str(exception)) from exception
+    except Exception as exception:
+        # Genshi refuses the Python it cannot translate with a bare Exception
+        raise TemplateError(_unsupported(exception)) from exception
+    return template
+
+
+_UNSUPPORTED = {
+    'JoinedStr': "formatted strings (f'...') are not allowed",
+    'NamedExpr': "assignment expressions (:=) are not allowed",
+    'SetComp': "set comprehensions are not allowed",
+    'DictComp': "dictionary comprehensions are not allowed",
+    }
+
+
+def _unsupported(exception):
+    message = str(exception)
+    for node, explanation in _UNSUPPORTED.items():
+        if node in message:
+            return explanation
+    return message
 
 
 def _mjml_to_html(source):
@@ -157,8 +209,9 @@ def check_title(source):
 
 
 def check_body(source):
-    "Raise TemplateError when the body is not a valid template"
-    compile_body(source)
+    """Raise TemplateError when the body is not a valid template or one of
+    its links is not acceptable"""
+    check_links(compile_body(source))
 
 
 # A random part makes the placeholders impossible to type into a record
@@ -181,24 +234,31 @@ def render(templates, context):
                 _track, links))
         html = Stream(events).render('html', encoding=None)
     except Exception as exception:
-        raise RenderError(
-            f"{type(exception).__name__}: {exception}") from exception
+        raise RenderError.of(exception) from exception
     return Rendered(
         ' '.join(subject.split()), html, _text(events), tuple(links))
 
 
 def _placeholder(links, kind, url):
+    if kind == CLICK:
+        # a tracked link only redirects to the web, also from short(url)
+        _check_web_url(url, url)
     index = links.setdefault(Link(kind, url), len(links))
     return f'{_PLACEHOLDER}{index}'
 
 
 def _link(links, href):
-    "Return the placeholder for href or None to leave it as it is"
+    """Return the placeholder for href or None to leave it as it is
+
+    Raise LinkError when href is no target for a link."""
     href = href.strip()
+    if _PLACEHOLDER_RE.fullmatch(href):
+        return None
+    check_link(href)
     if href == UNSUBSCRIBE or href.startswith(UNSUBSCRIBE + '|'):
         next_ = href[len(UNSUBSCRIBE) + 1:].strip() or None
         return _placeholder(links, UNSUBSCRIBE, next_)
-    if not href or href.startswith('#') or _PLACEHOLDER_RE.fullmatch(href):
+    if not href or href.startswith('#'):
         return None
     if urlsplit(href).scheme.lower() in _UNTRACKED_SCHEMES:
         return None
@@ -243,6 +303,137 @@ def fill(content, urls, quote=True):
     escape = html_escaping.escape if quote else str
     return _PLACEHOLDER_RE.sub(
         lambda match: escape(urls[int(match.group(1))]), content)
+
+
+class LinkError(TemplateError):
+    "The target of a link is not one an email may carry"
+
+
+# What a mail client opens without surprise: no script, no data, no file
+_LINK_SCHEMES = {'http', 'https', 'mailto', 'tel', 'sms'}
+_WEB_SCHEMES = {'http', 'https'}
+
+
+def check_link(href):
+    """Raise LinkError unless href may be the target of a link of an email
+
+    The targets allowed are http and https URLs with a host, mailto:, tel:
+    and sms: URIs, #fragments and ``unsubscribe`` or ``unsubscribe|NEXT``
+    where NEXT is an http or https URL.  Whitespace around href is ignored,
+    as rendering strips it."""
+    if not isinstance(href, str):
+        raise LinkError(f"The link {_shown(href)} is not a text.")
+    target = href.strip()
+    if target == UNSUBSCRIBE or target.startswith(UNSUBSCRIBE + '|'):
+        next_ = target[len(UNSUBSCRIBE) + 1:].strip()
+        if next_:
+            _check_web_url(next_, href)
+        return
+    _check_characters(target, href)
+    if not target or target.startswith('#'):
+        return
+    scheme = _split(target, href).scheme.lower()
+    if not scheme:
+        raise LinkError(
+            f"The link {_shown(href)} has no scheme: write a whole URL, "
+            "such as https://example.com/page.")
+    if scheme not in _LINK_SCHEMES:
+        raise LinkError(
+            f"The link {_shown(href)} uses the scheme {scheme!r}: only "
+            "http, https, mailto, tel and sms are allowed.")
+    if scheme in _WEB_SCHEMES:
+        _check_web_url(target, href)
+
+
+def is_web_url(url):
+    "Tell whether url is an http or https URL that check_link accepts"
+    try:
+        _check_web_url(url, url)
+    except LinkError:
+        return False
+    return True
+
+
+def _check_web_url(url, href):
+    if not isinstance(url, str):
+        raise LinkError(f"The link {_shown(href)} is not a text.")
+    _check_characters(url, href)
+    parts = _split(url, href)
+    if parts.scheme.lower() not in _WEB_SCHEMES:
+        raise LinkError(
+            f"The link {_shown(href)} must go to an http or https URL.")
+    if not parts.hostname:
+        raise LinkError(f"The link {_shown(href)} has no host.")
+    try:
+        # as a Location header carries it
+        parts.hostname.encode('idna')
+    except UnicodeError as exception:
+        raise LinkError(
+            f"The link {_shown(href)} has an invalid host name."
+            ) from exception
+
+
+# How the characters refused in a link are called, by Unicode category
+_CHARACTER_KINDS = {
+    'Cc': "the control character",
+    'Cf': "the invisible character",
+    'Zs': "the whitespace character",
+    'Zl': "the whitespace character",
+    'Zp': "the whitespace character",
+    }
+
+
+def _check_characters(url, href):
+    # isprintable() is False for the categories Other (controls, format
+    # characters such as zero-width spaces) and Separator but the space
+    if url.isprintable() and ' ' not in url:
+        return
+    for character in url:
+        category = unicodedata.category(character)
+        if category[0] in 'CZ':
+            kind = _CHARACTER_KINDS.get(category, "the invalid character")
+            name = unicodedata.name(character, '')
+            code = f"U+{ord(character):04X}" + (f" ({name})" if name else '')
+            raise LinkError(
+                f"The link {_shown(href)} contains {kind} {code}.")
+
+
+def _split(url, href):
+    try:
+        parts = urlsplit(url)
+        # a port that is not a number is only found when it is read
+        parts.port
+    except ValueError as exception:
+        raise LinkError(
+            f"The link {_shown(href)} is not a valid URL: {exception}."
+            ) from exception
+    return parts
+
+
+def _shown(href):
+    text = repr(href)
+    return text if len(text) <= 80 else text[:77] + '...'
+
+
+def check_links(template):
+    """Raise LinkError for the first link of a compiled body template whose
+    target check_link refuses
+
+    A target made with an expression is only known when rendering, where
+    _link checks it for each recipient."""
+    _check_stream_links(template.stream)
+
+
+def _check_stream_links(stream):
+    for kind, data, _ in stream:
+        if kind is START and data[0].localname == 'a':
+            href = data[1].get('href')
+            # a target with expressions is a list of events
+            if isinstance(href, str):
+                check_link(href)
+        elif kind is SUB:
+            # the elements under py:if, py:for, py:with, py:match…
+            _check_stream_links(data[1])
 
 
 # Elements whose content is not read, and those that break the text
@@ -344,11 +535,41 @@ def _header(name, value):
             value, charset, header_name=name).encode(linesep='\r\n'))
 
 
-def _address_line(name, address):
+def _address_line(name, address, local=False):
+    """Return the header line of name with the address, which may be a bare
+    local user name when local is set"""
     display, address = parseaddr(address)
+    if local and '@' not in address:
+        check_sender(address)
+        return '%s: %s' % (name, formataddr((display, address), 'utf-8'))
     username, domain = _split_address(address)
     line = formataddr((display, '%s@%s' % (username, domain)), 'utf-8')
     return '%s: %s' % (name, line)
+
+
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
+
+
+def check_sender(sender):
+    """Raise ValueError unless sender ('Name <address>' or an address) can
+    be the From of a message
+
+    A user name without a domain is accepted: it is trytond's default
+    sender (the user running the server), with which Tryton's modules send
+    when nothing else is configured; the mail server completes it."""
+    if (not sender or not sender.strip()
+            or any(not c.isprintable() for c in sender)):
+        raise ValueError(f"Invalid sender: {sender!r}")
+    if '<' in sender:
+        display, address = parseaddr(sender)
+    else:
+        address = sender.strip()
+    local, at, domain = address.rpartition('@') if '@' in address else (
+        address, '', '')
+    if not _LOCAL_PART.fullmatch(local) or (at and not domain):
+        raise ValueError(f"Invalid sender: {sender!r}")
+    if domain:
+        _idna(domain)
 
 
 def _qp(text):
@@ -376,7 +597,7 @@ def build_message(
     recipient, and the generator of the email package costs more than the
     rendering of the template."""
     lines = [
-        _address_line('From', from_addr),
+        _address_line('From', from_addr, local=True),
         _address_line('To', to_addr),
         _header('Subject', subject),
         'Date: ' + format_datetime(date or datetime.now(timezone.utc)),
@@ -453,13 +674,8 @@ def checked_next(secret, uuid, next, signature):
     "Return next if this server signed it for uuid and it is a web URL"
     if not verify(secret, signature, uuid, next):
         return None
-    try:
-        url = urlsplit(next)
-    except ValueError:
-        return None
-    if url.scheme.lower() not in {'http', 'https'} or not url.netloc:
-        return None
-    return next
+    # signed before the links were checked, it may not fit in a Location
+    return next if is_web_url(next) else None
 
 
 # 16 random bytes make 22 characters of URL-safe base64

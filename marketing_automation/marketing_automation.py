@@ -11,6 +11,7 @@ statement schedules the children of a batch, and so on.  Only the activity's
 action and its condition look at the underlying records one by one.
 """
 import datetime
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -24,6 +25,7 @@ from sql.operators import Concat, Exists
 
 from trytond import backend
 from trytond.cache import Cache
+from trytond.config import config
 from trytond.i18n import gettext
 from trytond.model import (
     EvalEnvironment, Index, ModelSQL, ModelView, Unique, Workflow, fields)
@@ -34,9 +36,14 @@ from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
 from . import mailing, marketing_automation_email
-from .exceptions import ActivityError, ConditionError, DomainError
+from .exceptions import (
+    ActivityError, ActivityFault, ConditionError, DomainError)
 from .mixin import MarketingAutomationMixin
-from .tools import BROWSE_SIZE, batch_size, for_update, queue, skip_conflicts
+from .tools import (
+    BROWSE_SIZE, batch_size, contained, for_update, queue, savepoint,
+    skip_conflicts)
+
+logger = logging.getLogger(__name__)
 
 EVENTS = {
     'send_email': ['email_opened', 'email_clicked'],
@@ -96,7 +103,7 @@ def _as_date(value):
 
 
 def _savepoint(cursor, name):
-    cursor.execute('SAVEPOINT %s' % name)
+    savepoint(cursor, name)
 
 
 def _rollback_to(cursor, name):
@@ -107,7 +114,90 @@ def _release(cursor, name):
     cursor.execute('RELEASE SAVEPOINT %s' % name)
 
 
-class Scenario(Workflow, ModelSQL, ModelView):
+def retry_delay():
+    "How long a paused activity or a failing scenario waits to be tried again"
+    return datetime.timedelta(
+        seconds=config.getint('marketing', 'fault_retry', default=3600))
+
+
+class FaultMixin:
+    """The error that stops a scenario or an activity, shown where the
+    marketer sees it
+
+    The engine writes it with SQL, so that any write of a user (an edit) is
+    known to be one and clears it."""
+    __slots__ = ()
+
+    error = fields.Text(
+        "Error", readonly=True,
+        states={
+            'invisible': ~Eval('error'),
+            })
+    error_date = fields.DateTime(
+        "Error Since", readonly=True,
+        states={
+            'invisible': ~Eval('error'),
+            })
+
+    @classmethod
+    def set_faults(cls, errors, exceptions=None):
+        """Show the errors (id → message) on the records and log those that
+        are new, with the traceback of their exception (id → exception)
+
+        A fault that comes back at each attempt is logged once."""
+        exceptions = exceptions or {}
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        now = _now()
+        for sub in grouped_slice(list(errors), backend.MAX_QUERY_PARAMS):
+            sub = list(sub)
+            cursor.execute(*table.select(
+                    table.id, table.error,
+                    where=reduce_ids(table.id, sub)))
+            shown = dict(cursor)
+            for record_id in sub:
+                error = errors[record_id]
+                if shown.get(record_id) != error:
+                    logger.error(
+                        "%s %s stops: %s", cls.__name__, record_id, error,
+                        exc_info=exceptions.get(record_id))
+                cursor.execute(*table.update(
+                        [table.error, table.error_date], [error, now],
+                        where=table.id == record_id))
+
+    @classmethod
+    def clear_faults(cls, ids):
+        "Forget the errors of the records of ids"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        for sub in grouped_slice(list(ids), backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.update(
+                    [table.error, table.error_date], [Null, Null],
+                    where=reduce_ids(table.id, list(sub))
+                    & (table.error != Null)))
+
+    @classmethod
+    def on_modification(cls, mode, records, field_names=None):
+        super().on_modification(mode, records, field_names=field_names)
+        if mode == 'write' and not {'error', 'error_date'} >= set(
+                field_names or ()):
+            # the marketer changed something: try again
+            cls.clear_faults([r.id for r in records])
+
+    @classmethod
+    def runnable(cls, table, now):
+        "The SQL condition on table that its records are not stopped"
+        return (table.error == Null) | (
+            table.error_date <= now - retry_delay())
+
+    def waits_after_fault(self, now=None):
+        "Whether the record is stopped by an error and not yet to be retried"
+        if not self.error or not self.error_date:
+            return False
+        return (now or _now()) < self.error_date + retry_delay()
+
+
+class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
     __name__ = 'marketing.automation.scenario'
 
     _states = {
@@ -326,12 +416,28 @@ class Scenario(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def trigger(cls, scenarios=None):
-        "Enter the new records into the running scenarios"
+        """Enter the new records into the running scenarios
+
+        A scenario that fails (its domain raises under the cron, for
+        example) enters nothing and shows its error; the others go on."""
         if scenarios is None:
             scenarios = cls.search([('state', '=', 'running')])
+        errors, exceptions, succeeded = {}, {}, []
         for scenario in scenarios:
-            if scenario.state == 'running':
-                scenario.enter_records()
+            if scenario.state != 'running':
+                continue
+            exception = contained(scenario.enter_records)
+            if exception is None:
+                if scenario.error:
+                    succeeded.append(scenario.id)
+            else:
+                errors[scenario.id] = gettext(
+                    'marketing_automation.msg_scenario_fault',
+                    scenario=scenario.rec_name,
+                    error=_describe(exception))
+                exceptions[scenario.id] = exception
+        cls.clear_faults(succeeded)
+        cls.set_faults(errors, exceptions)
 
     def enter_records(self):
         pool = Pool()
@@ -473,7 +579,15 @@ def _ids(query):
     return [i for i, in cursor]
 
 
-class Activity(ModelSQL, ModelView):
+def _describe(exception):
+    "The message of an exception as the marketer reads it"
+    message = getattr(exception, 'message', None) or str(exception)
+    if isinstance(exception, (ActivityFault, DomainError, ConditionError)):
+        return message
+    return '%s: %s' % (type(exception).__name__, message)
+
+
+class Activity(FaultMixin, ModelSQL, ModelView):
     __name__ = 'marketing.automation.activity'
     # the children waiting for an event of an activity, read at every click
     _event_children_cache = Cache(
@@ -630,6 +744,18 @@ class Activity(ModelSQL, ModelView):
         super().__setup__()
         t = cls.__table__()
         cls._sql_indexes.add(Index(t, (t.parent, Index.Equality())))
+        cls._buttons.update({
+                'resume': {
+                    'invisible': ~Eval('error'),
+                    'depends': ['error'],
+                    },
+                })
+
+    @classmethod
+    @ModelView.button
+    def resume(cls, activities):
+        "Run the paused activities again at the next process"
+        cls.clear_faults([a.id for a in activities])
 
     @classmethod
     def on_modification(cls, mode, activities, field_names=None):
@@ -760,6 +886,50 @@ class Activity(ModelSQL, ModelView):
     def condition_holds(self, record):
         return not self.condition or _condition_holds(self.condition, record)
 
+    def may_hold(self, record):
+        """Whether the record may enter the activity: its condition holds,
+        or cannot be evaluated yet (the entry then waits and the condition
+        is evaluated again when it is due, with its error if it still
+        fails)"""
+        try:
+            return self.condition_holds(record)
+        except Exception:
+            logger.debug(
+                "condition of activity %s failed for %s", self.id, record,
+                exc_info=True)
+            return True
+
+    def _evaluate_conditions(self, underlying):
+        """Split the underlying records (entry id → record) into those whose
+        condition holds and the errors of the others (entry id → message)
+
+        Raise ActivityFault when the condition fails for every record of
+        the batch (and there are several): the condition is wrong, not the
+        records."""
+        todo, errors, failures = [], {}, {}
+        for entry_id, record in underlying.items():
+            try:
+                holds = self.condition_holds(record)
+            except Exception as exception:
+                failures[entry_id] = _describe(exception)
+                continue
+            if holds:
+                todo.append(entry_id)
+            else:
+                errors[entry_id] = gettext(
+                    'marketing_automation'
+                    '.msg_record_activity_condition_false')
+        if failures and len(failures) == len(underlying) > 1:
+            raise ActivityFault(gettext(
+                    'marketing_automation.msg_activity_fault_condition',
+                    activity=self.rec_name,
+                    error=next(iter(failures.values()))))
+        for entry_id, error in failures.items():
+            errors[entry_id] = gettext(
+                'marketing_automation.msg_record_activity_condition_error',
+                error=error)
+        return todo, errors
+
     def do(self, entries):
         """Run the activity for its due entries.
 
@@ -769,19 +939,11 @@ class Activity(ModelSQL, ModelView):
         emails wait for delivery)."""
         underlying = _underlying_records(entries)
 
-        errors = {}
+        todo, errors = self._evaluate_conditions(underlying)
         gone = {e[0] for e in entries} - set(underlying)
         for entry_id in gone:
             errors[entry_id] = gettext(
                 'marketing_automation.msg_record_activity_record_deleted')
-        todo = []
-        for entry_id, record in underlying.items():
-            if self.condition_holds(record):
-                todo.append(entry_id)
-            else:
-                errors[entry_id] = gettext(
-                    'marketing_automation'
-                    '.msg_record_activity_condition_false')
         deferred = set()
         if todo:
             action_errors, deferred = self.execute(
@@ -820,6 +982,24 @@ class Activity(ModelSQL, ModelView):
         if not self.action:
             return {}, set()
         return getattr(self, 'execute_%s' % self.action)(records)
+
+    def email_context(self, record):
+        """The variables of the email templates for the record
+
+        Override it to add variables.  Templates see them through the
+        sandbox: records as read-only views of their fields, functions
+        called with records in place of views, and plain values (text,
+        numbers, dates, lists and dictionaries of them); anything else
+        stops the activity."""
+        return {
+            'record': record,
+            'format_date': Report.format_date,
+            'format_datetime': Report.format_datetime,
+            'format_timedelta': Report.format_timedelta,
+            'format_currency': Report.format_currency,
+            'format_number': Report.format_number,
+            'datetime': datetime,
+            }
 
     def execute_send_email(self, records):
         errors = marketing_automation_email.prepare(self, records)
@@ -1159,7 +1339,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                     [transaction.user, now, record_id, activity.id,
                         'waiting', at, False, False, False]
                     for record_id, instance in records
-                    if activity.condition_holds(instance)]
+                    if activity.may_hold(instance)]
                 for sub in grouped_slice(rows, batch_size()):
                     cursor.execute(*table.insert(
                             columns, list(sub), on_conflict=on_conflict))
@@ -1206,16 +1386,20 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         """Queue the due record activities of the running scenarios and the
         emails that wait for another attempt"""
         pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
         Email = pool.get('marketing.automation.email')
         Email.ready()
         cursor = Transaction().connection.cursor()
-        table, _, _, from_, waiting, unsent, record_due = cls._due_query(
-            _now())
+        now = _now()
+        table, _, _, from_, waiting, unsent, record_due = cls._due_query(now)
+        activity = Activity.__table__()
         # One query: reading them by pages would search the due entries
         # again for each page.
-        cursor.execute(*from_.select(
+        cursor.execute(*from_.join(
+                activity, condition=table.activity == activity.id).select(
                 table.id,
-                where=waiting & unsent & record_due,
+                where=waiting & unsent & record_due
+                & Activity.runnable(activity, now),
                 order_by=[table.id.asc]))
         queue(cls.__queue__.do, [i for i, in cursor])
 
@@ -1264,15 +1448,34 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                     where=reduce_ids(table.id, sub)))
 
         done, errors, deferred = [], {}, set()
-        for activity_id, group in groupby(rows, key=lambda r: r[1]):
-            group = list(group)
-            activity = Activity(activity_id)
+        faults, unexpected, succeeded = {}, {}, []
+
+        def do(activity, group):
             cls.cancel_twins(activity, [r[2] for r in group])
             activity_errors, activity_deferred = activity.do(
                 [(r[0], r[2], r[3]) for r in group])
             errors.update(activity_errors)
-            deferred |= activity_deferred
+            deferred.update(activity_deferred)
             done.extend(r[0] for r in group if r[0] not in activity_deferred)
+
+        for activity_id, group in groupby(rows, key=lambda r: r[1]):
+            activity = Activity(activity_id)
+            if activity.waits_after_fault(now):
+                continue
+            # A fault of the activity leaves its entries waiting, undone.
+            exception = contained(do, activity, list(group))
+            if exception is None:
+                if activity.error:
+                    succeeded.append(activity.id)
+            elif isinstance(exception, ActivityFault):
+                faults[activity.id] = exception.message
+            else:
+                faults[activity.id] = gettext(
+                    'marketing_automation.msg_activity_fault',
+                    activity=activity.rec_name, error=_describe(exception))
+                unexpected[activity.id] = exception
+        Activity.clear_faults(succeeded)
+        Activity.set_faults(faults, unexpected)
         cls._write_done(done, errors)
         if deferred:
             Email = pool.get('marketing.automation.email')

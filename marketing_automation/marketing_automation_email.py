@@ -33,22 +33,16 @@ from trytond.config import config
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, fields
 from trytond.pool import Pool
-from trytond.report import Report
 from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 from trytond.url import http_host
 from trytond.wsgi import Base64Converter
 
-from . import mailing
-from .exceptions import TemplateError
+from . import mailing, sandbox
+from .exceptions import ActivityFault, TemplateError
 from .tools import BROWSE_SIZE, for_update, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, RECORD_ACTIVITY
-
-try:
-    from trytond.model import ModelAccessProxy
-except ImportError:
-    ModelAccessProxy = None
 
 logger = logging.getLogger(__name__)
 
@@ -81,14 +75,24 @@ def retry_delay(attempts):
 
 
 def check_templates(activity):
-    "Refuse the activity if its title or its template does not compile"
+    """Refuse the activity if its title or its template does not compile,
+    or if its sender is not an email address"""
     Activity = activity.__class__
     languages = _languages()
     for code in languages:
         with Transaction().set_context(language=code):
             translated = Activity(activity.id) if activity.id else activity
-            title, template = (
-                translated.email_title, translated.email_template)
+            title, template, sender = (
+                translated.email_title, translated.email_template,
+                translated.email_from)
+        if sender:
+            try:
+                mailing.check_sender(sender)
+            except ValueError as exception:
+                raise TemplateError(gettext(
+                        'marketing_automation.msg_activity_invalid_email_from',
+                        sender=sender,
+                        activity=activity.rec_name)) from exception
         for source, check, message in [
                 (title, mailing.check_title,
                     'msg_activity_invalid_email_title'),
@@ -119,20 +123,82 @@ def _sender(activity):
         or config.get('email', 'from'))
 
 
-def _template_context(record, language):
-    if ModelAccessProxy is not None:
-        record = ModelAccessProxy(
-            record, context=record.marketing_access_context)
-    return {
-        'record': record,
-        'format_date': Report.format_date,
-        'format_datetime': Report.format_datetime,
-        'format_timedelta': Report.format_timedelta,
-        'format_currency': Report.format_currency,
-        'format_number': Report.format_number,
-        'datetime': datetime,
-        'language': language,
-        }
+def _checked_sender(activity):
+    "The sender of the activity's emails, or ActivityFault"
+    sender = _sender(activity)
+    try:
+        mailing.check_sender(sender)
+    except ValueError as exception:
+        raise ActivityFault(gettext(
+                'marketing_automation.msg_activity_invalid_email_from',
+                sender=sender, activity=activity.rec_name)) from exception
+    return sender
+
+
+def _compiled(activity):
+    "The compiled templates of the activity, or ActivityFault"
+    try:
+        templates = mailing.compile_templates(
+            activity.email_title, activity.email_template)
+        mailing.check_links(templates.body)
+    except Exception as exception:
+        raise ActivityFault(gettext(
+                'marketing_automation.msg_activity_fault_template',
+                activity=activity.rec_name, error=exception)) from exception
+    return templates
+
+
+class _Renderer:
+    """Renders the emails of one batch of an activity, each in the sandbox
+
+    It keeps the access checks of the batch and tells whether the failures
+    of the recipients are the template's (a fault of the activity) or
+    theirs."""
+
+    def __init__(self, activity):
+        self.activity = activity
+        self.accesses = {}
+        self.attempts = 0
+        self.failures = []
+        # Access is checked for a real user: the author of the activity
+        # (root, who may read everything, lends the administrator's).
+        self.author = (
+            activity.create_uid.id if activity.create_uid else 0) or 1
+
+    def render(self, templates, record, language):
+        "The Rendered email of record, or None after a recipient's error"
+        self.attempts += 1
+        try:
+            with Transaction().set_user(self.author):
+                context = self._context(record, language)
+                return mailing.render(templates, context)
+        except mailing.RenderError as exception:
+            if exception.fault:
+                raise ActivityFault(gettext(
+                        'marketing_automation.msg_activity_fault_template',
+                        activity=self.activity.rec_name,
+                        error=exception)) from exception
+            self.failures.append(exception)
+            raise
+
+    def _context(self, record, language):
+        key = repr(sorted(record.marketing_access_context.items()))
+        access = self.accesses.get(key)
+        if access is None:
+            access = self.accesses[key] = sandbox.Access(
+                record.marketing_access_context)
+        context = self.activity.email_context(record)
+        context.setdefault('language', language)
+        return access.context(context)
+
+    def check(self):
+        """Raise ActivityFault when the template failed for every recipient
+        it was rendered for, and for more than one"""
+        if self.failures and len(self.failures) == self.attempts > 1:
+            raise ActivityFault(gettext(
+                    'marketing_automation.msg_activity_fault_template',
+                    activity=self.activity.rec_name,
+                    error=self.failures[0]))
 
 
 def prepare(activity, records):
@@ -141,7 +207,9 @@ def prepare(activity, records):
     records maps the id of each record activity to the instance of its
     underlying record.
     Returns a dictionary: record activity id → why no email was made for
-    it."""
+    it.  Raise ActivityFault when the error is not one recipient's (the
+    sender, the template for everyone): nothing must then be kept of the
+    batch, its entries wait for the activity to be fixed."""
     pool = Pool()
     Activity = pool.get('marketing.automation.activity')
     ShortenedURL = pool.get('web.shortened_url')
@@ -175,29 +243,17 @@ def prepare(activity, records):
     # which could put the first attempt after the delivery that follows
     now = datetime.datetime.now().replace(microsecond=0)
     links, emails = [], []
+    renderer = _Renderer(activity)
     for language, entries in by_language.items():
         with transaction.set_context(language=language):
             translated = Activity(activity.id)
-            try:
-                templates = mailing.compile_templates(
-                    translated.email_title, translated.email_template)
-            except Exception as exception:
-                for record_activity_id, *_ in entries:
-                    errors[record_activity_id] = gettext(
-                        'marketing_automation.msg_email_render_error',
-                        exception=exception)
-                continue
-            sender = _sender(translated)
-            # Access is checked for a real user: the author of the activity
-            # (root, who may read everything, lends the administrator's).
-            author = activity.create_uid.id if activity.create_uid else 0
+            templates = _compiled(translated)
+            sender = _checked_sender(translated)
             for record_activity_id, record, uuid, name, address in entries:
                 try:
-                    with transaction.set_user(author or 1):
-                        rendered = mailing.render(
-                            templates, _template_context(record, language))
+                    rendered = renderer.render(templates, record, language)
                     recipient = mailing.format_recipient(name, address)
-                except Exception as exception:
+                except (mailing.RenderError, ValueError) as exception:
                     errors[record_activity_id] = gettext(
                         'marketing_automation.msg_email_render_error',
                         exception=exception)
@@ -240,6 +296,7 @@ def prepare(activity, records):
                     [transaction.user, now, record_activity_id, message_id,
                         _address(sender), _address(recipient), recipient,
                         rendered.subject, message, 'pending', 0, now])
+    renderer.check()
 
     url_table = ShortenedURL.__table__()
     for sub in grouped_slice(links, 500):
@@ -406,13 +463,23 @@ class Email(ModelSQL, ModelView):
     @classmethod
     def ready(cls):
         "Queue the emails that wait for delivery or for their completion"
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        Activity = pool.get('marketing.automation.activity')
         table = cls.__table__()
+        record_activity = RecordActivity.__table__()
+        activity = Activity.__table__()
         cursor = Transaction().connection.cursor()
         now = datetime.datetime.now()
-        cursor.execute(*table.select(
+        cursor.execute(*table.join(record_activity,
+                condition=table.record_activity == record_activity.id
+                ).join(activity,
+                condition=record_activity.activity == activity.id
+                ).select(
                 table.id,
                 where=((table.state == 'pending')
-                    & (table.next_attempt <= now))
+                    & (table.next_attempt <= now)
+                    & Activity.runnable(activity, now))
                 | (table.state != 'pending'),
                 order_by=[table.id.asc]))
         ids = [i for i, in cursor]
@@ -435,9 +502,11 @@ class Email(ModelSQL, ModelView):
         RecordActivity = pool.get('marketing.automation.record.activity')
         Record = pool.get('marketing.automation.record')
         Scenario = pool.get('marketing.automation.scenario')
+        Activity = pool.get('marketing.automation.activity')
         record_activity = RecordActivity.__table__()
         record = Record.__table__()
         scenario = Scenario.__table__()
+        activity = Activity.__table__()
         for_ = for_update(table)
         pending, blocked = [], []
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
@@ -447,15 +516,19 @@ class Email(ModelSQL, ModelView):
                     condition=record_activity.record == record.id
                     ).join(scenario,
                     condition=record.scenario == scenario.id
+                    ).join(activity,
+                    condition=record_activity.activity == activity.id
                     ).select(
                     table.id, table.state, table.next_attempt,
                     record.blocked, scenario.state,
+                    Activity.runnable(activity, now),
                     where=reduce_ids(table.id, sub),
                     for_=for_))
             for (email_id, state, next_attempt, record_blocked,
-                    scenario_state) in cursor:
+                    scenario_state, runnable) in cursor:
                 if (state != 'pending' or next_attempt is None
-                        or next_attempt > now):
+                        or next_attempt > now or not runnable):
+                    # a paused activity keeps its emails until it resumes
                     continue
                 elif record_blocked:
                     blocked.append(email_id)
@@ -493,18 +566,35 @@ class Email(ModelSQL, ModelView):
 
     @classmethod
     def _send(cls, ids):
-        "Send the leased emails of ids"
+        """Send the leased emails of ids
+
+        A refusal that is not the recipient's (the server refuses the
+        sender or the login) pauses the activities concerned and their
+        emails wait for them, none is consumed."""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         table = cls.__table__()
         server = None
         answered = set()
+        activity_of = cls._activities(ids)
+        faults, held = {}, []
         # a slow server may take longer than the lease: renew it half-way
         renewal = datetime.datetime.now() + LEASE / 2
 
         def postpone_unanswered(exception):
+            # the server cannot be reached: no recipient's fault, so no
+            # email gives up for it
             cls._postpone(
-                [i for i in ids if i not in answered], _describe(exception))
+                [i for i in ids if i not in answered], _describe(exception),
+                final=False)
+
+        def hold(email_ids, error):
+            for email_id in email_ids:
+                faults.setdefault(activity_of[email_id], error)
+                held.append(email_id)
+                answered.add(email_id)
 
         try:
             for sub in grouped_slice(ids, 100):
@@ -515,12 +605,21 @@ class Email(ModelSQL, ModelView):
                         order_by=[table.id.asc]))
                 rows = [r[:-1] for r in cursor if r[-1] == 'pending']
                 for email_id, sender, address, message, attempts in rows:
+                    if activity_of[email_id] in faults:
+                        hold([email_id], None)
+                        continue
                     if datetime.datetime.now() >= renewal:
                         cls._lease([i for i in ids if i not in answered])
                         renewal = datetime.datetime.now() + LEASE / 2
                     if server is None:
                         try:
                             server = get_smtp_server(strict=True)
+                        except smtplib.SMTPAuthenticationError as exception:
+                            hold([i for i in ids if i not in answered],
+                                gettext('marketing_automation'
+                                    '.msg_activity_fault_smtp_login',
+                                    error=_describe(exception)))
+                            return
                         except (OSError, smtplib.SMTPException) as exception:
                             postpone_unanswered(exception)
                             return
@@ -530,8 +629,16 @@ class Email(ModelSQL, ModelView):
                         code, text = next(iter(
                                 exception.recipients.values()))
                         cls._refused(email_id, attempts, code, text)
-                    except (smtplib.SMTPSenderRefused,
-                            smtplib.SMTPDataError) as exception:
+                    except smtplib.SMTPSenderRefused as exception:
+                        hold([email_id], gettext(
+                                'marketing_automation'
+                                '.msg_activity_fault_smtp_sender',
+                                sender=sender,
+                                activity=Activity(
+                                    activity_of[email_id]).rec_name,
+                                error=_describe(exception)))
+                        continue
+                    except smtplib.SMTPDataError as exception:
                         cls._refused(
                             email_id, attempts,
                             exception.smtp_code, exception.smtp_error)
@@ -556,6 +663,41 @@ class Email(ModelSQL, ModelView):
                     server.quit()
                 except (OSError, smtplib.SMTPException):
                     pass
+            if held:
+                cls._hold(held)
+                Activity.set_faults(
+                    {a: e for a, e in faults.items() if e})
+                transaction.commit()
+
+    @classmethod
+    def _activities(cls, ids):
+        "The activity of each email of ids"
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        table = cls.__table__()
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        activities = {}
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.join(record_activity,
+                    condition=table.record_activity == record_activity.id
+                    ).select(
+                    table.id, record_activity.activity,
+                    where=reduce_ids(table.id, sub)))
+            activities.update(cursor)
+        return activities
+
+    @classmethod
+    def _hold(cls, ids):
+        """Let the pending emails of ids go as soon as their activity runs
+        again, their attempts untouched: the failure was not theirs"""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        now = datetime.datetime.now().replace(microsecond=0)
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.update(
+                    [table.next_attempt], [now],
+                    where=reduce_ids(table.id, sub)))
 
     @classmethod
     def _refused(cls, email_id, attempts, code, text):
@@ -573,8 +715,10 @@ class Email(ModelSQL, ModelView):
                     where=table.id == email_id))
 
     @classmethod
-    def _postpone(cls, ids, error):
-        "Let the pending emails wait for a later attempt"
+    def _postpone(cls, ids, error, final=True):
+        """Let the pending emails wait for a later attempt
+
+        With final, an email that has had its attempts fails."""
         transaction = Transaction()
         table = cls.__table__()
         cursor = transaction.connection.cursor()
@@ -587,7 +731,7 @@ class Email(ModelSQL, ModelView):
                 if state != 'pending':
                     continue
                 attempts += 1
-                if attempts >= MAX_ATTEMPTS:
+                if final and attempts >= MAX_ATTEMPTS:
                     values = ['failed', attempts, now, gettext(
                             'marketing_automation.msg_email_gave_up',
                             attempts=attempts, error=error)]

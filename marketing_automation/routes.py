@@ -3,16 +3,20 @@
 
 Whatever a stranger sends them, they answer 4xx and change nothing: the
 database name and the tokens are checked for their shape before anything is
-looked up, and a GET never unsubscribes (unless configured to)."""
+looked up, and a GET never unsubscribes (unless configured to).  A database
+of the server without the module answers 404, and a link stored with a URL
+that cannot be followed is not followed."""
 import base64
 import binascii
+from functools import wraps
 from urllib.parse import urlencode
 
 from werkzeug.routing import BaseConverter, ValidationError
 
 from trytond.config import config
 from trytond.protocols.wrappers import (
-    HTTPStatus, Response, abort, redirect, with_pool, with_transaction)
+    HTTPStatus, Response, abort, exceptions, redirect, set_max_request_size,
+    with_pool, with_transaction)
 from trytond.tools import file_open
 from trytond.transaction import Transaction
 from trytond.wsgi import app
@@ -21,6 +25,10 @@ from . import mailing
 
 with file_open('marketing_automation/empty.gif', mode='rb') as _file:
     EMPTY_GIF = _file.read()
+# The routes are public: giving them a size of their own keeps trytond from
+# reading the credentials of a request (a login on an unknown database
+# answers 503), and an unsubscribe form is one field.
+MAX_REQUEST_SIZE = 64 * 1024
 NO_CACHE = {
     'Cache-Control': 'no-store, no-cache, must-revalidate, max-age=0',
     'Pragma': 'no-cache',
@@ -50,6 +58,32 @@ class DatabaseConverter(BaseConverter):
 app.url_map.converters['marketing_database'] = DatabaseConverter
 
 
+@app.error_handler
+def undecodable_short_link(app, request, exception):
+    """Answer 404 to a short link whose database name does not decode
+
+    trytond's base64 converter, which web_shortener's ``/s/<db>$<id>``
+    uses, raises instead of not matching; the request has then no view
+    arguments yet."""
+    if (request.view_args is None
+            and request.path.startswith('/s/')
+            and isinstance(exception, ValueError)):
+        return exceptions.NotFound().get_response(request.environ)
+
+
+def module_activated(func):
+    """Answer 404 on the databases of the server where the module is not
+    activated: the routes are the server's, the models the database's"""
+    @wraps(func)
+    def wrapper(request, pool, *args, **kwargs):
+        try:
+            pool.get('marketing.automation.record')
+        except KeyError:
+            abort(HTTPStatus.NOT_FOUND)
+        return func(request, pool, *args, **kwargs)
+    return wrapper
+
+
 @app.route('/m/empty.gif', methods={'GET', 'HEAD'})
 def empty_gif(request):
     return Response(EMPTY_GIF, mimetype='image/gif', headers=NO_CACHE)
@@ -58,7 +92,9 @@ def empty_gif(request):
 @app.route(
     '/s/<marketing_database:database_name>/<token>',
     methods={'GET', 'HEAD'})
+@set_max_request_size(MAX_REQUEST_SIZE)
 @with_pool
+@module_activated
 @with_transaction(readonly=False)
 def tracked_link(request, pool, token):
     ShortenedURL = pool.get('web.shortened_url')
@@ -81,7 +117,9 @@ class _NoCacheResponse(Response):
 @app.route(
     '/m/<marketing_database:database_name>/unsubscribe',
     methods={'GET', 'POST', 'HEAD'})
+@set_max_request_size(MAX_REQUEST_SIZE)
 @with_pool
+@module_activated
 @with_transaction(readonly=False)
 def unsubscribe(request, pool):
     pool_get = pool.get

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"How the engine cuts its work into batches, queues and locks it."
+"How the engine cuts its work into batches, queues, locks and contains it."
+import logging
 from contextlib import contextmanager
 
 from sql import Conflict, For
@@ -71,3 +72,43 @@ def quick_commits(cursor):
         yield
     finally:
         cursor.execute('RESET synchronous_commit')
+
+
+_savepoints = 0
+
+
+def savepoint(cursor, name):
+    """Set the savepoint name in the transaction of cursor
+
+    Python's sqlite3 opens a transaction only before a statement that
+    writes: a savepoint set before would open its own, and releasing it
+    would commit everything."""
+    connection = Transaction().connection
+    if getattr(connection, 'in_transaction', True) is False:
+        cursor.execute('BEGIN IMMEDIATE')
+    cursor.execute('SAVEPOINT %s' % name)
+
+
+def contained(function, *args, **kwargs):
+    """Run function in a savepoint and return None, or undo its work and
+    return the exception it raised
+
+    So the fault of one scenario or activity stays its own: the others go on
+    in the same transaction.  The errors of the database that make a
+    transaction start again (a concurrent worker took the same rows) are
+    not contained: the whole work must be retried."""
+    global _savepoints
+    cursor = Transaction().connection.cursor()
+    _savepoints += 1
+    name = 'marketing_contained_%s' % _savepoints
+    savepoint(cursor, name)
+    try:
+        function(*args, **kwargs)
+    except backend.DatabaseOperationalError:
+        raise
+    except Exception as exception:
+        cursor.execute('ROLLBACK TO SAVEPOINT %s' % name)
+        logging.getLogger(function.__module__).debug(
+            "contained %s", function, exc_info=True)
+        return exception
+    cursor.execute('RELEASE SAVEPOINT %s' % name)

@@ -55,8 +55,12 @@ class ShortenedURL(metaclass=PoolMeta):
     def get(cls, shortened_id):
         # The sequential ids of tracked links must not reach them.
         try:
+            id_ = cls._expand(shortened_id)
+            # more than a database holds in an integer
+            if not 0 < id_ < 2 ** 63:
+                raise ValueError(shortened_id)
             shortened, = cls.search([
-                    ('id', '=', cls._expand(shortened_id)),
+                    ('id', '=', id_),
                     ('token', '=', None),
                     ], limit=1)
         except ValueError:
@@ -68,8 +72,8 @@ class ShortenedURL(metaclass=PoolMeta):
         """Follow the tracked link of token.
 
         Returns its redirect URL and its method, or None when no link has
-        this token.  With count, the visit is recorded and the link's event
-        fired."""
+        this token or when its URL cannot be followed.  With count, the
+        visit is recorded and the link's event fired."""
         pool = Pool()
         URLAccess = pool.get('web.shortened_url.access')
         if not mailing.is_token(token):
@@ -85,6 +89,9 @@ class ShortenedURL(metaclass=PoolMeta):
         if not row:
             return None
         url_id, redirect_url, record, method = row
+        # stored before links were checked, it may not fit in a Location
+        if not mailing.is_web_url(redirect_url):
+            return None
         if count:
             cursor.execute(*access.insert(
                     [access.create_uid, access.create_date, access.url],

@@ -5,7 +5,6 @@ import importlib.util
 import unittest
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
@@ -166,8 +165,7 @@ class RenderTestCase(unittest.TestCase):
         with self.assertRaises(mailing.RenderError):
             mailing.render(templates, {'record': None})
 
-        rendered = mailing.render(
-            templates, {'record': SimpleNamespace(name="Ann")})
+        rendered = mailing.render(templates, {'record': {'name': "Ann"}})
 
         self.assertIn("<p>Ann</p>", rendered.html)
 
@@ -215,7 +213,8 @@ class CheckTestCase(unittest.TestCase):
                 (mailing.check_body, "<?python import os ?><p/>"),
                 ]:
             with self.subTest(source=source):
-                with self.assertRaisesRegex(mailing.TemplateError, "invalid"):
+                with self.assertRaisesRegex(
+                        mailing.TemplateError, "invalid|not allowed"):
                     check(source)
 
     def test_errors_are_value_errors(self):
@@ -512,6 +511,196 @@ class SignatureTestCase(unittest.TestCase):
             with self.subTest(next=next):
                 self.assertIsNone(mailing.checked_next(
                         self.secret, self.uuid, next, signature))
+
+    def test_checked_next_refuses_unusable_urls(self):
+        "A next signed before links were checked may not fit in a Location"
+        for next in [
+                'https://example.org/b\nX: 1',
+                'https://example.org/\r\nSet-Cookie: x=1',
+                'https://example.org/a b', 'https://example.org/a\tb',
+                'https://example.org/\x00', 'https://example.org/a\u2028b',
+                'https://example.org/a\u200bb', ' https://example.org/',
+                'https://ex\u00e4..mple.org/', 'https://example.org:x/']:
+            signature = mailing.sign(self.secret, self.uuid, next)
+            with self.subTest(next=next):
+                self.assertIsNone(mailing.checked_next(
+                        self.secret, self.uuid, next, signature))
+
+
+class LinkTestCase(unittest.TestCase):
+    "The targets of the links of an email"
+
+    refused = [
+        # (href, what the message says)
+        ('https://example.org/a\r\nSet-Cookie: x=1',
+            "the control character U+000D"),
+        ('unsubscribe|https://example.org/b\nX: 1',
+            "the control character U+000A"),
+        ('javascript:alert(1)', "the scheme 'javascript'"),
+        ('JavaScript:alert(1)', "the scheme 'javascript'"),
+        ('data:text/html,<script>alert(1)</script>', "the scheme 'data'"),
+        ('vbscript:msgbox(1)', "the scheme 'vbscript'"),
+        ('file:///etc/passwd', "the scheme 'file'"),
+        ('ftp://example.org/', "the scheme 'ftp'"),
+        ('page.html', "no scheme"),
+        ('/local/page', "no scheme"),
+        ('//evil.example/', "no scheme"),
+        ('https://example.org/a page', "the whitespace character U+0020"),
+        ('https://example.org/a\u00a0page', "U+00A0 (NO-BREAK SPACE)"),
+        ('https://example.org/a\tpage', "the control character U+0009"),
+        ('java\tscript:alert(1)', "the control character U+0009"),
+        ('https://example.org/\x00', "the control character U+0000"),
+        ('https://example.org/a\x7fb', "the control character U+007F"),
+        ('https://example.org/a\u2028b', "U+2028 (LINE SEPARATOR)"),
+        ('https://example.org/a\u2029b', "U+2029 (PARAGRAPH SEPARATOR)"),
+        ('https://example.org/a\u200bb',
+            "the invisible character U+200B (ZERO WIDTH SPACE)"),
+        ('https://exa\u200dmple.org/', "the invisible character U+200D"),
+        ('https://example.org/\ufeff', "the invisible character U+FEFF"),
+        ('https://example.org/\u202e', "the invisible character U+202E"),
+        ('https:///path', "no host"),
+        ('http:evil.example', "no host"),
+        ('https://example.org:port/', "not a valid URL"),
+        ('http://[broken', "not a valid URL"),
+        ('https://ex\u00e4..mple.org/', "invalid host name"),
+        ('unsubscribe|javascript:alert(1)', "an http or https URL"),
+        ('unsubscribe|/goodbye', "an http or https URL"),
+        ('unsubscribe|https://example.org/a b', "U+0020"),
+        ('Unsubscribe', "no scheme"),
+        ]
+    accepted = [
+        'https://example.org/', 'http://example.org/a?b=1&c=2#d',
+        'HTTPS://EXAMPLE.ORG', 'https://ex\u00e4mple.org/caf\u00e9',
+        'https://[::1]:8000/', 'mailto:ann@example.com', 'tel:+3212345678',
+        'sms:+3212345678', '#top', '#', '', 'unsubscribe',
+        'unsubscribe|https://example.org/bye', 'unsubscribe|',
+        '  https://example.org/\n', ' unsubscribe| https://example.org/ ']
+
+    def test_refused(self):
+        for href, problem in self.refused:
+            with self.subTest(href=href):
+                with self.assertRaises(mailing.LinkError) as cm:
+                    mailing.check_link(href)
+                self.assertIn(repr(href), str(cm.exception))
+                self.assertIn(problem, str(cm.exception))
+
+    def test_accepted(self):
+        for href in self.accepted:
+            with self.subTest(href=href):
+                mailing.check_link(href)
+
+    def test_message(self):
+        with self.assertRaises(mailing.LinkError) as cm:
+            mailing.check_link('https://example.org/a\r\nSet-Cookie: x=1')
+
+        self.assertEqual(
+            str(cm.exception),
+            "The link 'https://example.org/a\\r\\nSet-Cookie: x=1' contains "
+            "the control character U+000D.")
+
+    def test_long_link_is_shortened(self):
+        href = 'javascript:' + 'x' * 1000
+
+        with self.assertRaisesRegex(
+                mailing.LinkError, r"^The link 'javascript:x{65}\.\.\. uses"):
+            mailing.check_link(href)
+
+    def test_not_a_text(self):
+        for href in [None, 42, b'https://example.org/']:
+            with self.subTest(href=href):
+                with self.assertRaisesRegex(mailing.LinkError, "not a text"):
+                    mailing.check_link(href)
+
+    def test_errors_are_template_errors(self):
+        self.assertTrue(issubclass(mailing.LinkError, mailing.TemplateError))
+        self.assertTrue(issubclass(mailing.LinkError, ValueError))
+
+    def test_is_web_url(self):
+        self.assertTrue(mailing.is_web_url('https://example.org/a?b=1'))
+        for url in [
+                'mailto:ann@example.com', '#top', 'unsubscribe', '',
+                ' https://example.org/', 'https://example.org/a b',
+                'https://example.org/\r\n', None]:
+            with self.subTest(url=url):
+                self.assertFalse(mailing.is_web_url(url))
+
+    def test_check_links(self):
+        for body, href in [
+                ('<p><a href="https://example.org/a&#13;&#10;Set-Cookie: '
+                    'x=1">Go</a></p>',
+                    'https://example.org/a\r\nSet-Cookie: x=1'),
+                ('<a href="unsubscribe|https://example.org/b&#10;X: 1">'
+                    'Stop</a>', 'unsubscribe|https://example.org/b\nX: 1'),
+                ('<a href="javascript:alert(1)">Go</a>',
+                    'javascript:alert(1)'),
+                ('<p py:if="record">'
+                    '<a py:for="i in range(2)" href="page.html">Go</a></p>',
+                    'page.html'),
+                ('<py:with vars="x = 1"><py:choose><py:when test="x">'
+                    '<a href="data:text/html,x">Go</a>'
+                    '</py:when></py:choose></py:with>', 'data:text/html,x'),
+                ('<!DOCTYPE html>\n<html xmlns="http://www.w3.org/1999/xhtml">'
+                    '<body><a href="//evil.example">Go</a></body></html>',
+                    '//evil.example'),
+                ]:
+            with self.subTest(body=body):
+                with self.assertRaises(mailing.LinkError) as cm:
+                    mailing.check_links(mailing.compile_body(body))
+                self.assertIn(repr(href), str(cm.exception))
+
+    def test_check_links_accepts(self):
+        mailing.check_links(mailing.compile_body(
+                '<p><a href="https://example.org/">Go</a>'
+                '<a href="mailto:ann@example.com">Mail</a>'
+                '<a href="#top">Top</a><a name="top">Anchor</a>'
+                '<a href="unsubscribe|https://example.org/bye">Stop</a>'
+                '<img src="logo.png" alt=""/></p>'))
+
+    def test_check_links_skips_expressions(self):
+        "What an expression gives is only known when rendering"
+        mailing.check_links(mailing.compile_body(
+                '<a href="${url}">Go</a>'
+                '<a href="https://example.org/${page}">Go</a>'
+                '<a href="${\'javascript:\'}x">Go</a>'))
+
+    def test_render_refuses_an_expression(self):
+        "A target given by an expression is checked for each recipient"
+        templates = mailing.compile_templates(
+            "Hi", '<a href="${url}">Go</a>')
+
+        for url in [
+                'javascript:alert(1)', 'https://example.org/\r\nX: 1',
+                'page.html', 'https://example.org/a b']:
+            with self.subTest(url=url):
+                with self.assertRaisesRegex(
+                        mailing.RenderError, "LinkError.*" + repr(url)[1:9]):
+                    mailing.render(templates, {'url': url})
+        rendered = mailing.render(templates, {'url': ' https://ok.example '})
+        self.assertEqual(
+            rendered.links[0], (mailing.CLICK, 'https://ok.example'))
+
+    def test_render_refuses_a_stored_link(self):
+        "A template saved before the links were checked fails to render"
+        templates = mailing.compile_templates(
+            "Hi", '<a href="unsubscribe|https://example.org/b&#10;X: 1">'
+            'Stop</a>')
+
+        with self.assertRaisesRegex(mailing.RenderError, "U\\+000A"):
+            mailing.render(templates, {})
+
+    def test_short_goes_to_the_web(self):
+        "short(url) makes a tracked link: it only redirects to the web"
+        templates = mailing.compile_templates(
+            "Hi", '<a href="${short(url)}">Go</a>')
+
+        for url in ['mailto:ann@example.com', 'javascript:alert(1)', None]:
+            with self.subTest(url=url):
+                with self.assertRaises(mailing.RenderError):
+                    mailing.render(templates, {'url': url})
+        rendered = mailing.render(
+            templates, {'url': 'https://example.org/'})
+        self.assertEqual(
+            rendered.links[0], (mailing.CLICK, 'https://example.org/'))
 
 
 class TokenTestCase(unittest.TestCase):

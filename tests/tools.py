@@ -15,11 +15,13 @@ import email.policy
 import logging
 import threading
 import time
+import warnings
 from collections import namedtuple
 from contextlib import contextmanager
 
 import lxml.html
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from trytond import config
 from trytond.pool import Pool
@@ -32,6 +34,9 @@ __all__ = [
     'parse_message', 'html_links', 'SendingTestMixin']
 
 Received = namedtuple('Received', ['mail_from', 'rcpt_tos', 'data'])
+# the loopback server of the tests asks for a login without TLS on purpose
+warnings.filterwarnings(
+    'ignore', 'Requiring AUTH while not requiring TLS', UserWarning)
 
 
 def _refusal(code):
@@ -44,6 +49,15 @@ class _Handler:
 
     def __init__(self, server):
         self.server = server
+
+    async def handle_MAIL(
+            self, server, session, envelope, address, mail_options):
+        code = self.server.refused_senders.get(address.lower())
+        if code:
+            return f'{code} 5.7.1 Sender not allowed'
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return '250 OK'
 
     async def handle_RCPT(
             self, server, session, envelope, address, rcpt_options):
@@ -88,14 +102,19 @@ class SMTPServer:
     refuses connections; ``refused`` maps a recipient address to the SMTP
     code to answer to its RCPT command (4xx or 5xx) and ``refused_data`` to
     the code to answer to the end of the DATA of its messages, which it does
-    not keep; ``stall`` is how many seconds it waits, once it has taken a
-    message, before answering the end of its DATA, and ``on_message`` a
-    function called with each message it takes, before it answers."""
+    not keep; ``refused_senders`` maps a sender address to the code to
+    answer to its MAIL command; with ``credentials`` (login, password) the
+    server asks the client to log in with them; ``stall`` is how many
+    seconds it waits, once it has taken a message, before answering the end
+    of its DATA, and ``on_message`` a function called with each message it
+    takes, before it answers."""
 
-    def __init__(self):
+    def __init__(self, credentials=None):
         self.messages = []
         self.refused = {}
         self.refused_data = {}
+        self.refused_senders = {}
+        self.credentials = credentials
         self.stall = 0
         self.on_message = None
         self.lock = threading.Lock()
@@ -104,11 +123,24 @@ class SMTPServer:
 
     def start(self):
         "Start listening (again on the same port once it has a port)"
+        options = {}
+        if self.credentials:
+            options.update(
+                authenticator=self._authenticate, auth_required=True,
+                auth_require_tls=False)
         self._controller = _Controller(
-            _Handler(self), hostname='127.0.0.1', port=self.port)
+            _Handler(self), hostname='127.0.0.1', port=self.port, **options)
         self._controller.start()
         self.port = self._controller.port
         return self
+
+    def _authenticate(self, server, session, envelope, mechanism, data):
+        login, password = self.credentials
+        success = (isinstance(data, LoginPassword)
+            and data.login == login.encode()
+            and data.password == password.encode())
+        # a refusal that is not "handled" is answered with a 535
+        return AuthResult(success=success, handled=False)
 
     def stop(self):
         "Stop listening: connections are refused until start"
