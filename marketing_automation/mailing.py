@@ -220,23 +220,25 @@ _PLACEHOLDER_RE = re.compile(re.escape(_PLACEHOLDER) + r'(\d+)')
 _UNTRACKED_SCHEMES = {'mailto', 'tel', 'sms'}
 
 
-def render(templates, context):
+def render(templates, context, timeout=None):
     """Return the Rendered subject and HTML for one recipient
 
-    Raise RenderError when the templates fail with this context."""
+    Raise RenderError when the templates fail with this context, or take
+    more than timeout seconds."""
     links = {}
     context = dict(context)
     context.setdefault('short', partial(_placeholder, links, CLICK))
     try:
-        subject = templates.title.generate(**context).render(
-            'text', encoding=None)
-        events = list(templates.body.generate(**context) | partial(
-                _track, links))
-        html = Stream(events).render('html', encoding=None)
+        with sandbox.time_limit(timeout):
+            subject = templates.title.generate(**context).render(
+                'text', encoding=None)
+            events = list(templates.body.generate(**context) | partial(
+                    _track, links))
+            html = Stream(events).render('html', encoding=None)
+            text = _text(events)
     except Exception as exception:
         raise RenderError.of(exception) from exception
-    return Rendered(
-        ' '.join(subject.split()), html, _text(events), tuple(links))
+    return Rendered(' '.join(subject.split()), html, text, tuple(links))
 
 
 def _placeholder(links, kind, url):

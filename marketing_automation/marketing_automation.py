@@ -11,9 +11,11 @@ statement schedules the children of a batch, and so on.  Only the activity's
 action and its condition look at the underlying records one by one.
 """
 import datetime
+import functools
 import logging
 import time
 import uuid
+import zoneinfo
 from collections import defaultdict
 from itertools import groupby
 
@@ -579,6 +581,21 @@ def _ids(query):
     return [i for i, in cursor]
 
 
+@functools.cache
+def _time_zones():
+    return zoneinfo.available_timezones()
+
+
+def _format_datetime(value, lang=None, format=None, timezone=None):
+    """Report.format_datetime, taking for timezone only the name of a time
+    zone: dateutil opens a path given as a name, which would tell a
+    template whether a file exists"""
+    if isinstance(timezone, str) and timezone not in _time_zones():
+        raise ValueError(f"Unknown time zone: {timezone!r}")
+    return Report.format_datetime(
+        value, lang=lang, format=format, timezone=timezone)
+
+
 def _describe(exception):
     "The message of an exception as the marketer reads it"
     message = getattr(exception, 'message', None) or str(exception)
@@ -994,7 +1011,7 @@ class Activity(FaultMixin, ModelSQL, ModelView):
         return {
             'record': record,
             'format_date': Report.format_date,
-            'format_datetime': Report.format_datetime,
+            'format_datetime': _format_datetime,
             'format_timedelta': Report.format_timedelta,
             'format_currency': Report.format_currency,
             'format_number': Report.format_number,

@@ -164,6 +164,8 @@ class _Renderer:
         # (root, who may read everything, lends the administrator's).
         self.author = (
             activity.create_uid.id if activity.create_uid else 0) or 1
+        self.timeout = config.getfloat(
+            'marketing', 'render_timeout', default=10) or None
 
     def render(self, templates, record, language):
         "The Rendered email of record, or None after a recipient's error"
@@ -171,7 +173,8 @@ class _Renderer:
         try:
             with Transaction().set_user(self.author):
                 context = self._context(record, language)
-                return mailing.render(templates, context)
+                return mailing.render(
+                    templates, context, timeout=self.timeout)
         except mailing.RenderError as exception:
             if exception.fault:
                 raise ActivityFault(gettext(

@@ -20,9 +20,12 @@ module, the pool, the transaction, frames, ``str.format`` and the builtins
 that reach any of these.
 """
 import ast
+import ctypes
 import datetime
 import decimal
 import functools
+import threading
+import time
 import types
 
 from genshi.template.eval import LookupBase, Suite, UndefinedError
@@ -34,7 +37,8 @@ from trytond.transaction import Transaction
 __all__ = [
     'TemplateFault', 'SandboxError', 'UnknownName', 'Lookup', 'NO_INCLUDES',
     'Namespace', 'Exposed', 'DATETIME', 'check_template', 'expression_of',
-    'MAX_RANGE', 'RecordAccessError', 'Access', 'RecordView']
+    'MAX_RANGE', 'RenderTimeout', 'time_limit', 'RecordAccessError',
+    'Access', 'RecordView']
 
 # A loop of a template never needs more; a bigger one is a mistake or an
 # attempt to keep the cron busy.
@@ -160,6 +164,78 @@ def _range(*args):
         raise SandboxError(
             f"range() of more than {MAX_RANGE} numbers is not allowed")
     return numbers
+
+
+class RenderTimeout(SandboxError):
+    "A template took longer than its time limit to render"
+
+    def __init__(self, message="the template takes too long to render"):
+        super().__init__(message)
+
+
+class _Watchdog:
+    """Stops the renderings that outlast their time limit
+
+    A loop of a template is Python that no lookup of the sandbox sees, so
+    its time is bounded from outside: a thread raises RenderTimeout in the
+    thread whose rendering is late, which Python delivers at the next
+    instruction."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._deadlines = {}
+        self._thread = None
+
+    def watch(self, seconds):
+        "Raise RenderTimeout in this thread once seconds have passed"
+        thread_id = threading.get_ident()
+        with self._lock:
+            self._deadlines[thread_id] = time.monotonic() + seconds
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name='marketing-template-watchdog',
+                    daemon=True)
+                self._thread.start()
+
+    def release(self):
+        "Stop watching this thread"
+        with self._lock:
+            self._deadlines.pop(threading.get_ident(), None)
+
+    def _watch(self):
+        while True:
+            time.sleep(_WATCH_INTERVAL)
+            with self._lock:
+                now = time.monotonic()
+                for thread_id, deadline in list(self._deadlines.items()):
+                    if deadline <= now:
+                        # once only: the entry is gone before the exception
+                        # reaches the thread
+                        del self._deadlines[thread_id]
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(thread_id),
+                            ctypes.py_object(RenderTimeout))
+
+
+_WATCH_INTERVAL = 0.1
+_watchdog = _Watchdog()
+
+
+class time_limit:
+    """Raise RenderTimeout in the block once it has run for seconds, or
+    never with None"""
+    __slots__ = ('seconds',)
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        if self.seconds is not None:
+            _watchdog.watch(self.seconds)
+
+    def __exit__(self, *exc_info):
+        if self.seconds is not None:
+            _watchdog.release()
 
 
 # The builtins that only compute: no introspection, no attribute by name,
@@ -360,6 +436,10 @@ def check_template(template):
                 refusal = _refusal_of_name(node.id)
             elif isinstance(node, ast.Attribute):
                 refusal = _refusal_of_attribute(node.attr)
+            elif isinstance(node, ast.Pow):
+                # a power of a power takes the server hours to compute, in
+                # C, where no time limit reaches it
+                refusal = "the power operator (**) is not allowed"
             if refusal:
                 if source == '?':
                     source = ast.unparse(node)
