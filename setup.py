@@ -40,6 +40,7 @@ setup(
     package_data={
         PACKAGE: [
             'tryton.cfg',
+            'tests/tryton.cfg',
             '**/*.xml',
             '**/*.po',
             '**/*.html',

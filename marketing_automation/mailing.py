@@ -31,9 +31,9 @@ substitution::
 ``check_link`` refuses the link targets an email must not carry (scripts,
 control characters, whitespace, relative URLs); ``check_links`` applies it
 to the constant links of a compiled body, and rendering to the others.
-``unsubscribe_url`` signs the ``next`` URL it carries and ``checked_next``
-follows only a usable ``next`` this server signed, so the route is no open
-redirect.
+``sign`` signs the ``next`` URL of an unsubscribe link (see ``urls.py``) and
+``checked_next`` follows only a usable ``next`` this server signed, so the
+route is no open redirect.
 ``new_token`` gives tracked links identifiers that cannot be guessed from one
 another, and ``is_token`` and ``is_uuid`` let the routes turn garbage away
 before they touch the database.
@@ -55,7 +55,7 @@ from email.utils import format_datetime, formataddr, parseaddr
 from functools import partial
 from io import StringIO
 from itertools import chain
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from genshi.core import DOCTYPE, END, START, TEXT, Attrs, Markup, QName, Stream
 from genshi.input import HTMLParser, ParseError
@@ -82,7 +82,7 @@ __all__ = [
     'check_body', 'render', 'fill',
     'format_recipient', 'check_sender', 'message_id', 'build_message',
     'LinkError', 'check_link', 'check_links', 'is_web_url',
-    'sign', 'verify', 'unsubscribe_url', 'checked_next',
+    'sign', 'verify', 'checked_next',
     'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline']
 
 CLICK, UNSUBSCRIBE, OPEN = 'click', 'unsubscribe', 'open'
@@ -581,6 +581,12 @@ def _qp(text):
         text.encode('utf-8'), istext=True).replace(b'\n', b'\r\n')
 
 
+# the header names of RFC 5322, and those the message writes itself
+_HEADER_NAME = re.compile(r'[!-9;-~]+')
+_OWN_HEADERS = {
+    'from', 'to', 'subject', 'date', 'message-id', 'auto-submitted',
+    'list-unsubscribe', 'list-unsubscribe-post', 'content-language',
+    'mime-version', 'content-type', 'content-transfer-encoding'}
 _PART = (
     b'Content-Type: text/%s; charset="utf-8"\r\n'
     b'Content-Transfer-Encoding: quoted-printable\r\n\r\n')
@@ -588,13 +594,13 @@ _PART = (
 
 def build_message(
         from_addr, to_addr, subject, html, text=None, *, message_id,
-        unsubscribe=None, language=None, date=None):
+        unsubscribe=None, language=None, date=None, headers=()):
     """Return the bytes of an email as SMTP carries them
 
     from_addr and to_addr are addresses optionally with a name
     ('Name <address>'); text is the plain-text alternative of html;
     unsubscribe is the one-click unsubscribe URL; language is the Tryton
-    code of the recipient's language.
+    code of the recipient's language; headers are more (name, value) pairs.
     The message is written by hand: it is the same few lines for every
     recipient, and the generator of the email package costs more than the
     rendering of the template."""
@@ -611,6 +617,12 @@ def build_message(
         lines.append('List-Unsubscribe-Post: List-Unsubscribe=One-Click')
     if language:
         lines.append('Content-Language: ' + language.replace('_', '-'))
+    for name, value in headers:
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in _OWN_HEADERS:
+            raise ValueError(f"Invalid header name: {name!r}")
+        if any(not c.isprintable() for c in value):
+            raise ValueError(f"Invalid value of header {name}: {value!r}")
+        lines.append(_header(name, value))
     lines.append('MIME-Version: 1.0')
     if text:
         boundary = '=_' + secrets.token_hex(16)
@@ -652,24 +664,6 @@ def verify(secret, signature, *parts):
         return False
     return hmac.compare_digest(
         sign(secret, *parts).encode('ascii'), signature.encode('ascii'))
-
-
-def _encode_database(name):
-    # as the base64 converter of trytond's WSGI application
-    return base64.urlsafe_b64encode(
-        name.encode('utf-8')).decode('ascii').rstrip('=')
-
-
-def unsubscribe_url(base, database, uuid, next=None, secret=None):
-    """Return the unsubscribe URL of the record uuid on database
-
-    next is signed with secret so the route may follow it."""
-    query = {'r': uuid}
-    if next:
-        query['next'] = next
-        query['s'] = sign(secret, uuid, next)
-    return '%s/m/%s/unsubscribe?%s' % (
-        base.rstrip('/'), _encode_database(database), urlencode(query))
 
 
 def checked_next(secret, uuid, next, signature):

@@ -3,21 +3,24 @@
 
 A scenario enters records (``Scenario.trigger``); each entry of a record into
 an activity is a record activity that waits until it is due and is then done
-(``RecordActivity.process`` and ``do``); email events (``on_email_opened``,
-``on_email_clicked``) make the children waiting for them due.
+(``RecordActivity.process`` and ``do``, which ``Activity.advance`` the
+entries through their activity); the events of an action (an email opened
+or clicked) make the children waiting for them due
+(``RecordActivity.on_events``).
+
+The engine knows no action by name: each action plugs into the activity
+(see ``Activity``), the sending of emails first of all
+(``marketing_automation_email.py``).
 
 The engine works on sets: one statement enters a batch of records, one
 statement schedules the children of a batch, and so on.  Only the activity's
 action and its condition look at the underlying records one by one.
 """
 import datetime
-import functools
 import logging
 import time
 import uuid
-import zoneinfo
-from collections import defaultdict
-from itertools import groupby
+from collections import defaultdict, namedtuple
 
 from sql import Cast, Literal, Null
 from sql.aggregate import Count, Sum
@@ -33,11 +36,10 @@ from trytond.model import (
     EvalEnvironment, Index, ModelSQL, ModelView, Unique, Workflow, fields)
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval, If, PYSONDecoder
-from trytond.report import Report
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import mailing, marketing_automation_email
+from . import mailing
 from .exceptions import (
     ActivityError, ActivityFault, ConditionError, DomainError)
 from .mixin import MarketingAutomationMixin
@@ -47,10 +49,15 @@ from .tools import (
 
 logger = logging.getLogger(__name__)
 
-EVENTS = {
-    'send_email': ['email_opened', 'email_clicked'],
-    }
 TREND_PERIODS = 10
+
+Entry = namedtuple('Entry', ['id', 'record', 'reference'])
+Entry.__doc__ = """A due record activity: its id, the id of its marketing
+record and the reference of the underlying record ('model,id')"""
+Outcome = namedtuple('Outcome', ['errors', 'later'])
+Outcome.__doc__ = """What an action made of a batch of entries: errors maps
+the entries whose action was not done to why, later holds the entries whose
+action finishes later (see RecordActivity.complete)"""
 
 
 def _now():
@@ -73,7 +80,11 @@ def _condition_holds(condition, record):
 
 
 def _round_rate(numerator, denominator):
-    return round(numerator / denominator, 2) if denominator else 0.
+    """numerator / denominator rounded half up to 2 decimals, 0 without a
+    denominator: as the reporting computes its rates in SQL"""
+    if not denominator:
+        return 0.
+    return (numerator * 200 + denominator) // (denominator * 2) / 100
 
 
 def _trend_periods(period=None):
@@ -581,21 +592,6 @@ def _ids(query):
     return [i for i, in cursor]
 
 
-@functools.cache
-def _time_zones():
-    return zoneinfo.available_timezones()
-
-
-def _format_datetime(value, lang=None, format=None, timezone=None):
-    """Report.format_datetime, taking for timezone only the name of a time
-    zone: dateutil opens a path given as a name, which would tell a
-    template whether a file exists"""
-    if isinstance(timezone, str) and timezone not in _time_zones():
-        raise ValueError(f"Unknown time zone: {timezone!r}")
-    return Report.format_datetime(
-        value, lang=lang, format=format, timezone=timezone)
-
-
 def _describe(exception):
     "The message of an exception as the marketer reads it"
     message = getattr(exception, 'message', None) or str(exception)
@@ -605,6 +601,22 @@ def _describe(exception):
 
 
 class Activity(FaultMixin, ModelSQL, ModelView):
+    """A node of the tree of a scenario, and the action it runs
+
+    The actions plug in: another file of this module, or another module,
+    adds a value to ``action`` and the methods of its name (see
+    doc/design.rst, Extending):
+
+    - ``execute_<action>_batch(entries, records)`` runs it set-based for a
+      batch of due entries and returns an ``Outcome``, or
+      ``execute_<action>(record_activity)`` runs it for one entry, as in
+      Tryton's own module;
+    - ``check_<action>(field_names)`` refuses an activity that cannot run
+      it, when the fields of field_names (None for all) changed;
+    - ``_parent_action_events()`` tells the events it produces, for the
+      children to wait for.
+
+    The engine calls ``advance`` with the due entries of the activity."""
     __name__ = 'marketing.automation.activity'
     # the children waiting for an event of an activity, read at every click
     _event_children_cache = Cache(
@@ -623,24 +635,11 @@ class Activity(FaultMixin, ModelSQL, ModelView):
         'on_change_with_parent_action')
     on = fields.Function(fields.Selection([
                 (None, ""),
-                ('email_opened', "Email Opened"),
-                ('email_opened_not', "Email Not Opened"),
-                ('email_clicked', "Email Clicked"),
-                ('email_clicked_not', "Email Not Clicked"),
                 ], "On",
-            domain=[If(Eval('parent_action') == 'send_email',
-                    (),
-                    ('on', '=', None)),
-                ],
-            states={
-                'invisible': ~Eval('parent_action').in_(list(EVENTS)),
-                },
             help="The event after which the activity is run."),
         'get_on', setter='set_on')
     event = fields.Selection([
             (None, ""),
-            ('email_opened', "Email Opened"),
-            ('email_clicked', "Email Clicked"),
             ], "Event")
     negative = fields.Boolean(
         "Negative",
@@ -665,96 +664,9 @@ class Activity(FaultMixin, ModelSQL, ModelView):
         help="How long to wait before running the activity.")
     action = fields.Selection([
             (None, ""),
-            ('send_email', "Send Email"),
             ], "Action")
-    email_from = fields.Char(
-        "From", translate=True,
-        states={
-            'invisible': Eval('action') != 'send_email',
-            },
-        help="Leave empty to use the configured sender.")
-    email_title = fields.Char(
-        "Email Title", translate=True,
-        states={
-            'invisible': Eval('action') != 'send_email',
-            'required': Eval('action') == 'send_email',
-            },
-        help="A Genshi text template rendered with the record.")
-    email_template = fields.Text(
-        "Email Template", translate=True,
-        states={
-            'invisible': Eval('action') != 'send_email',
-            'required': Eval('action') == 'send_email',
-            },
-        help="A Genshi HTML (or MJML) template rendered with the record.\n"
-        "Write 'unsubscribe' as a link to let the recipient unsubscribe.")
-
     record_count = fields.Function(
-        fields.Integer("Records"), 'get_statistics')
-    email_sent = fields.Function(
-        fields.Integer(
-            "Emails Sent",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                },
-            help="How many emails the mail server accepted."),
-        'get_statistics')
-    email_opened = fields.Function(
-        fields.Integer(
-            "Emails Opened",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
-        'get_statistics')
-    email_clicked = fields.Function(
-        fields.Integer(
-            "Emails Clicked",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
-        'get_statistics')
-    email_open_rate = fields.Function(
-        fields.Float(
-            "Email Open Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
-        'get_statistics')
-    email_click_rate = fields.Function(
-        fields.Float(
-            "Email Click Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
-        'get_statistics')
-    email_click_through_rate = fields.Function(
-        fields.Float(
-            "Email Click-Through Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
-        'get_statistics')
-    email_open_rate_trend = fields.Function(
-        fields.Char(
-            "Email Open Rate Trend",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
-        'get_trend')
-    email_click_rate_trend = fields.Function(
-        fields.Char(
-            "Email Click Rate Trend",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
-        'get_trend')
-    email_click_through_rate_trend = fields.Function(
-        fields.Char(
-            "Email Click-Through Rate Trend",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
-        'get_trend')
+        fields.Integer("Records"), 'get_record_count')
 
     @classmethod
     def __setup__(cls):
@@ -767,6 +679,29 @@ class Activity(FaultMixin, ModelSQL, ModelView):
                     'depends': ['error'],
                     },
                 })
+
+    @classmethod
+    def __post_setup__(cls):
+        # the actions have added their events by now
+        with_events = list(cls._parent_action_events())
+        cls.on.domain = [
+            If(Eval('parent_action', '').in_(with_events),
+                (),
+                ('on', '=', None)),
+            ]
+        cls.on.states = {
+            'invisible': ~Eval('parent_action', '').in_(with_events),
+            }
+        super().__post_setup__()
+
+    @classmethod
+    def _parent_action_events(cls):
+        """The events that each action produces, as {action: [event, …]}
+
+        The children of an activity wait for the events of its action.  An
+        event is also the name of the Boolean column of the record activity
+        that flags it (see RecordActivity.on_events)."""
+        return {}
 
     @classmethod
     @ModelView.button
@@ -864,14 +799,17 @@ class Activity(FaultMixin, ModelSQL, ModelView):
             activity.check_delay()
             activity.check_condition()
             if activity.action:
-                getattr(activity, 'check_%s' % activity.action)()
+                check = getattr(activity, 'check_%s' % activity.action, None)
+                if check:
+                    check(field_names)
 
     def check_event(self):
         if self.event or self.negative:
             parent_action = (
                 self.parent.action if isinstance(self.parent, Activity)
                 else None)
-            if self.event not in EVENTS.get(parent_action, []):
+            if self.event not in self._parent_action_events().get(
+                    parent_action, []):
                 raise ActivityError(gettext(
                         'marketing_automation.msg_activity_invalid_event',
                         activity=self.rec_name))
@@ -897,9 +835,6 @@ class Activity(FaultMixin, ModelSQL, ModelView):
                     condition=self.condition, activity=self.rec_name,
                     exception=exception)) from exception
 
-    def check_send_email(self):
-        marketing_automation_email.check_templates(self)
-
     def condition_holds(self, record):
         return not self.condition or _condition_holds(self.condition, record)
 
@@ -915,6 +850,32 @@ class Activity(FaultMixin, ModelSQL, ModelView):
                 "condition of activity %s failed for %s", self.id, record,
                 exc_info=True)
             return True
+
+    def advance(self, entries):
+        """Advance the due entries through the activity: evaluate its
+        condition, execute its action and enter the records into its
+        children.
+
+        Returns the Outcome: the entries whose action was not done, with
+        why, and those whose action finishes later (they are completed by
+        RecordActivity.complete).  Raises ActivityFault when the error is
+        not one entry's."""
+        underlying = _underlying_records(entries)
+        todo, errors = self._evaluate_conditions(underlying)
+        for entry in entries:
+            if entry.id not in underlying:
+                errors[entry.id] = gettext(
+                    'marketing_automation.msg_record_activity_record_deleted')
+        later = set()
+        if todo:
+            outcome = self.execute_batch(
+                [e for e in entries if e.id in todo],
+                {i: underlying[i] for i in todo})
+            errors.update(outcome.errors)
+            later = set(outcome.later)
+        self.enter_children(
+            [e for e in entries if e.id not in later], underlying)
+        return Outcome(errors, later)
 
     def _evaluate_conditions(self, underlying):
         """Split the underlying records (entry id → record) into those whose
@@ -947,126 +908,66 @@ class Activity(FaultMixin, ModelSQL, ModelView):
                 error=error)
         return todo, errors
 
-    def do(self, entries):
-        """Run the activity for its due entries.
-
-        entries are (record activity id, record id, reference) tuples.
-        Returns a dictionary: record activity id → why its action was not
-        done, and the ids of the entries whose action finishes later (their
-        emails wait for delivery)."""
-        underlying = _underlying_records(entries)
-
-        todo, errors = self._evaluate_conditions(underlying)
-        gone = {e[0] for e in entries} - set(underlying)
-        for entry_id in gone:
-            errors[entry_id] = gettext(
-                'marketing_automation.msg_record_activity_record_deleted')
-        deferred = set()
-        if todo:
-            action_errors, deferred = self.execute(
-                {i: underlying[i] for i in todo})
-            errors.update(action_errors)
-        self.enter_children(
-            [e for e in entries if e[0] not in deferred], underlying)
-        return errors, deferred
-
     def enter_children(self, entries, underlying=None):
         """Enter the records of the done entries into the children.
 
-        entries are (record activity id, record id, reference) tuples;
-        underlying maps their ids to the instances of the records when the
-        caller has them."""
+        underlying maps the ids of the entries to the instances of their
+        records when the caller has them."""
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
         if not self.children or not entries:
             return
         if underlying is None:
             underlying = _underlying_records(entries)
-        record_of = {e[0]: e[1] for e in entries}
         RecordActivity.schedule(
             self.children,
-            [(record_of[i], r) for i, r in underlying.items()
-                if i in record_of])
+            [(e.record, underlying[e.id]) for e in entries
+                if e.id in underlying])
 
-    def execute(self, records):
-        """Run the action for the record activities.
+    def execute_batch(self, entries, records):
+        """Run the action for the due entries, whose underlying records are
+        records (entry id → record), and return its Outcome
 
-        records maps the id of each record activity to the instance of its
-        underlying record.
-        Returns a dictionary: record activity id → error message, for the
-        entries whose action could not be done, and the ids of the entries
-        whose action finishes later."""
+        The action runs set-based through its execute_<action>_batch, or
+        else one entry at a time through execute, each entry's error its
+        own."""
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
         if not self.action:
-            return {}, set()
-        return getattr(self, 'execute_%s' % self.action)(records)
+            return Outcome({}, set())
+        batch = getattr(self, 'execute_%s_batch' % self.action, None)
+        if batch is not None:
+            return batch(entries, records)
+        errors = {}
+        for entry in entries:
+            exception = contained(self.execute, RecordActivity(entry.id))
+            if exception is not None:
+                errors[entry.id] = _describe(exception)
+        return Outcome(errors, set())
 
-    def email_context(self, record):
-        """The variables of the email templates for the record
-
-        Override it to add variables.  Templates see them through the
-        sandbox: records as read-only views of their fields, functions
-        called with records in place of views, and plain values (text,
-        numbers, dates, lists and dictionaries of them); anything else
-        stops the activity."""
-        return {
-            'record': record,
-            'format_date': Report.format_date,
-            'format_datetime': _format_datetime,
-            'format_timedelta': Report.format_timedelta,
-            'format_currency': Report.format_currency,
-            'format_number': Report.format_number,
-            'datetime': datetime,
-            }
-
-    def execute_send_email(self, records):
-        errors = marketing_automation_email.prepare(self, records)
-        return errors, set(records) - set(errors)
+    def execute(self, record_activity, **kwargs):
+        "Run the action for one record activity"
+        if self.action:
+            getattr(self, 'execute_%s' % self.action)(
+                record_activity, **kwargs)
 
     @classmethod
-    def get_statistics(cls, activities, names):
+    def get_record_count(cls, activities, name):
+        "The number of done entries of each activity"
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
         record_activity = RecordActivity.__table__()
         cursor = Transaction().connection.cursor()
-
-        counts = {a.id: (0, 0, 0, 0) for a in activities}
-        sent = record_activity.email_sent == Literal(True)
+        counts = {a.id: 0 for a in activities}
         for sub in grouped_slice(activities, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record_activity.select(
-                    record_activity.activity,
-                    Count(),
-                    Sum(Case((sent, 1), else_=0)),
-                    # A click proves an open, even when the open was not
-                    # reported.
-                    Sum(Case((sent & (record_activity.email_opened
-                                    | record_activity.email_clicked), 1),
-                            else_=0)),
-                    Sum(Case((sent & record_activity.email_clicked, 1),
-                            else_=0)),
+                    record_activity.activity, Count(),
                     where=reduce_ids(
                         record_activity.activity, [a.id for a in sub])
                     & (record_activity.state == 'done'),
                     group_by=[record_activity.activity]))
-            for activity_id, count, *emails in cursor:
-                counts[activity_id] = (count, *(e or 0 for e in emails))
-
-        result = {n: {} for n in names}
-        for activity_id, (count, sent, opened, clicked) in counts.items():
-            values = {
-                'record_count': count,
-                'email_sent': sent,
-                'email_opened': opened,
-                'email_clicked': clicked,
-                # Rates are over the emails that reached the server: an
-                # entry whose email was not sent can be neither opened nor
-                # clicked.
-                'email_open_rate': _round_rate(opened, sent),
-                'email_click_rate': _round_rate(clicked, sent),
-                'email_click_through_rate': _round_rate(clicked, opened),
-                }
-            for name in names:
-                result[name][activity_id] = values[name]
-        return result
+            counts.update(cursor)
+        return counts
 
     @classmethod
     def get_trend(cls, activities, names):
@@ -1185,6 +1086,19 @@ class Record(ModelSQL, ModelView):
 
 
 class RecordActivity(Workflow, ModelSQL, ModelView):
+    """The entry of a record into an activity: the unit of work of the engine
+
+    One due entry goes down these steps, each below the other:
+
+    1. ``process`` (the cron) finds the due entries and queues ``do``;
+    2. ``do`` takes them, locked, and for each activity contains the work of
+       ``Activity.advance`` (condition, action, children), so that the fault
+       of one activity leaves its entries waiting and the others go on;
+    3. ``set_done`` marks them done, but those whose action finishes later,
+       which the action completes with ``complete``.
+
+    The events of the actions (``on_events``) make the children waiting for
+    them due."""
     __name__ = 'marketing.automation.record.activity'
 
     record = fields.Many2One(
@@ -1201,22 +1115,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             'readonly': Eval('state') != 'waiting',
             },
         help="When the activity is due, or when it was done.")
-    email_opened = fields.Boolean(
-        "Email Opened", readonly=True,
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            })
-    email_clicked = fields.Boolean(
-        "Email Clicked", readonly=True,
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            })
-    email_sent = fields.Boolean(
-        "Email Sent", readonly=True,
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            },
-        help="Whether the mail server accepted the email.")
     error = fields.Text(
         "Error", readonly=True,
         states={
@@ -1248,43 +1146,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ('waiting', 'done'),
             ('waiting', 'cancelled'),
             }
-        not_done_email = (
-            (Eval('state') != 'done')
-            | (Eval('activity_action') != 'send_email'))
-        cls._buttons.update({
-                'on_email_opened': {
-                    'invisible': not_done_email | Eval('email_opened', False),
-                    'depends': ['state', 'activity_action', 'email_opened'],
-                    },
-                'on_email_clicked': {
-                    'invisible': not_done_email | Eval('email_clicked', False),
-                    'depends': [
-                        'state', 'activity_action', 'email_clicked'],
-                    },
-                })
-
-    @classmethod
-    def __register__(cls, module):
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
-        migrate_sent = (
-            backend.TableHandler.table_exist(cls._table)
-            and not cls.__table_handler__(module).column_exist('email_sent'))
-
-        super().__register__(module)
-
-        # Databases of the other module know no delivery status: their done
-        # email entries were sent as far as anybody can tell.
-        if migrate_sent:
-            table = cls.__table__()
-            activity = Activity.__table__()
-            cursor = Transaction().connection.cursor()
-            cursor.execute(*table.update(
-                    [table.email_sent], [True],
-                    where=(table.state == 'done')
-                    & table.activity.in_(activity.select(
-                            activity.id,
-                            where=activity.action == 'send_email'))))
 
     @classmethod
     def get_activity_actions(cls):
@@ -1301,18 +1162,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     def default_state(cls):
         return 'waiting'
 
-    @classmethod
-    def default_email_opened(cls):
-        return False
-
-    @classmethod
-    def default_email_clicked(cls):
-        return False
-
-    @classmethod
-    def default_email_sent(cls):
-        return False
-
     def get_rec_name(self, name):
         return '%s @ %s' % (self.activity.rec_name, self.record.rec_name)
 
@@ -1325,6 +1174,12 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ('activity.rec_name', operator, value),
             ('record.rec_name', operator, value),
             ]
+
+    @classmethod
+    def _new_values(cls):
+        """The values of the columns of the actions in a new entry, as
+        {column name: value}: the engine inserts the entries with SQL"""
+        return {}
 
     @classmethod
     def schedule(cls, activities, records):
@@ -1342,9 +1197,10 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         if not activities or not records:
             return
         now = _now()
+        new_values = cls._new_values()
         columns = [table.create_uid, table.create_date, table.record,
-            table.activity, table.state, table.at, table.email_opened,
-            table.email_clicked, table.email_sent]
+            table.activity, table.state, table.at] + [
+            getattr(table, c) for c in new_values]
         on_conflict = skip_conflicts(table)
         for activity in activities:
             if activity.event and not activity.negative:
@@ -1354,7 +1210,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             if activity.condition:
                 rows = [
                     [transaction.user, now, record_id, activity.id,
-                        'waiting', at, False, False, False]
+                        'waiting', at, *new_values.values()]
                     for record_id, instance in records
                     if activity.may_hold(instance)]
                 for sub in grouped_slice(rows, batch_size()):
@@ -1368,119 +1224,126 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                     cursor.execute(*table.insert(columns, record.select(
                                 Literal(transaction.user), Literal(now),
                                 record.id, Literal(activity.id),
-                                Literal('waiting'),
-                                Literal(at),
-                                Literal(False), Literal(False),
-                                Literal(False),
+                                Literal('waiting'), Literal(at),
+                                *map(Literal, new_values.values()),
                                 where=reduce_ids(record.id, sub)),
                             on_conflict=on_conflict))
 
     @classmethod
-    def _due_query(cls, now):
-        """The tables joined to find due entries, the condition on the
-        entry's state and time, the condition that no email of the entry
-        waits for delivery and the condition on its record and scenario"""
+    def in_progress(cls, table):
+        """The SQL condition that the action of an entry of table has not
+        finished yet (an email on its way to the mail server): such an entry
+        is not due again"""
+        return Literal(False)
+
+    @classmethod
+    def _due(cls):
+        """The entries joined to their record, scenario and activity, and the
+        condition that their record and scenario let them run"""
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         Scenario = pool.get('marketing.automation.scenario')
-        Email = pool.get('marketing.automation.email')
+        Activity = pool.get('marketing.automation.activity')
         table = cls.__table__()
         record = Record.__table__()
         scenario = Scenario.__table__()
-        email = Email.__table__()
-        return table, record, scenario, (
-            table.join(record, condition=table.record == record.id)
-            .join(scenario, condition=record.scenario == scenario.id)), (
-            (table.state == 'waiting')
-            & (table.at != Null) & (table.at <= now)), (
-            ~Exists(email.select(
-                    Literal(1), where=email.record_activity == table.id))), (
+        activity = Activity.__table__()
+        from_ = (table
+            .join(record, condition=table.record == record.id)
+            .join(scenario, condition=record.scenario == scenario.id)
+            .join(activity, condition=table.activity == activity.id))
+        running = (
             (scenario.state == 'running')
             & (record.blocked == Literal(False)))
+        return from_, (table, record, scenario, activity), running
 
     @classmethod
     def process(cls):
-        """Queue the due record activities of the running scenarios and the
-        emails that wait for another attempt"""
+        "Queue the due entries of the running scenarios"
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
-        Email = pool.get('marketing.automation.email')
-        Email.ready()
         cursor = Transaction().connection.cursor()
         now = _now()
-        table, _, _, from_, waiting, unsent, record_due = cls._due_query(now)
-        activity = Activity.__table__()
+        from_, (table, _, _, activity), running = cls._due()
         # One query: reading them by pages would search the due entries
         # again for each page.
-        cursor.execute(*from_.join(
-                activity, condition=table.activity == activity.id).select(
+        cursor.execute(*from_.select(
                 table.id,
-                where=waiting & unsent & record_due
+                where=(table.state == 'waiting')
+                & (table.at != Null) & (table.at <= now)
+                & ~cls.in_progress(table) & running
                 & Activity.runnable(activity, now),
                 order_by=[table.id.asc]))
         queue(cls.__queue__.do, [i for i, in cursor])
 
     @classmethod
-    def do(cls, record_activities):
+    def do(cls, record_activities, **kwargs):
         "Do the record activities that are still due"
         ids = list(map(int, record_activities))
         for sub in grouped_slice(ids, batch_size()):
-            cls._do(list(sub))
+            cls._do(cls._take_due(list(sub)))
 
     @classmethod
-    def _do(cls, record_activities):
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
+    def _take_due(cls, ids):
+        """The entries of ids that are still due, locked for this
+        transaction, by activity: {activity id: [Entry, …]}"""
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         now = _now()
-        table, record, scenario, from_, _, unsent, _ = cls._due_query(now)
-
+        from_, (table, record, scenario, _), _ = cls._due()
         # Lock the entries so that concurrent workers do each one once.
         # They are found by their ids alone and checked once read: with a
         # condition on their state or time in the query, the database could
         # read every waiting entry to find them.
-        for_ = for_update(table)
         cursor.execute(*from_.select(
                 table.id, table.activity, table.record, record.record,
                 table.state, table.at, record.blocked, scenario.state,
-                where=reduce_ids(table.id, record_activities) & unsent,
+                where=reduce_ids(table.id, ids) & ~cls.in_progress(table),
                 order_by=[table.activity, table.id],
-                for_=for_))
-        rows = [
-            (id_, activity_id, record_id, reference)
-            for (id_, activity_id, record_id, reference, state, at, blocked,
-                scenario_state) in cursor
-            if state == 'waiting' and at is not None and at <= now
-            and not blocked and scenario_state == 'running']
-        if not rows:
-            return
-        # A worker waiting for these locks reads with a snapshot older than
-        # this work: a lock alone would let it do the entries again, a write
-        # makes it fail to serialize and retry with a snapshot that sees it.
-        for sub in grouped_slice(
-                [r[0] for r in rows], backend.MAX_QUERY_PARAMS):
-            cursor.execute(*table.update(
-                    [table.write_date], [now],
-                    where=reduce_ids(table.id, sub)))
+                for_=for_update(table)))
+        due = defaultdict(list)
+        for (id_, activity_id, record_id, reference, state, at, blocked,
+                scenario_state) in cursor:
+            if (state == 'waiting' and at is not None and at <= now
+                    and not blocked and scenario_state == 'running'):
+                due[activity_id].append(Entry(id_, record_id, reference))
+        if due:
+            # A worker waiting for these locks reads with a snapshot older
+            # than this work: a lock alone would let it do the entries
+            # again, a write makes it fail to serialize and retry with a
+            # snapshot that sees it.
+            for sub in grouped_slice(
+                    [e.id for es in due.values() for e in es],
+                    backend.MAX_QUERY_PARAMS):
+                cursor.execute(*table.update(
+                        [table.write_date], [now],
+                        where=reduce_ids(table.id, sub)))
+        return due
 
-        done, errors, deferred = [], {}, set()
+    @classmethod
+    def _do(cls, due):
+        """Advance the due entries ({activity id: [Entry, …]}) through their
+        activities and mark them done
+
+        An activity that fails is paused and its entries wait, undone; the
+        other activities go on."""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        now = _now()
+        done, errors = [], {}
         faults, unexpected, succeeded = {}, {}, []
 
-        def do(activity, group):
-            cls.cancel_twins(activity, [r[2] for r in group])
-            activity_errors, activity_deferred = activity.do(
-                [(r[0], r[2], r[3]) for r in group])
-            errors.update(activity_errors)
-            deferred.update(activity_deferred)
-            done.extend(r[0] for r in group if r[0] not in activity_deferred)
+        def advance(activity, entries):
+            cls.cancel_twins(activity, [e.record for e in entries])
+            outcome = activity.advance(entries)
+            errors.update(outcome.errors)
+            done.extend(e.id for e in entries if e.id not in outcome.later)
 
-        for activity_id, group in groupby(rows, key=lambda r: r[1]):
+        for activity_id, entries in due.items():
             activity = Activity(activity_id)
             if activity.waits_after_fault(now):
                 continue
-            # A fault of the activity leaves its entries waiting, undone.
-            exception = contained(do, activity, list(group))
+            exception = contained(advance, activity, entries)
             if exception is None:
                 if activity.error:
                     succeeded.append(activity.id)
@@ -1493,52 +1356,48 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 unexpected[activity.id] = exception
         Activity.clear_faults(succeeded)
         Activity.set_faults(faults, unexpected)
-        cls._write_done(done, errors)
-        if deferred:
-            Email = pool.get('marketing.automation.email')
-            queue(Email.__queue__.deliver,
-                Email.of_record_activities(deferred))
+        cls.set_done(done, errors)
 
     @classmethod
-    def _write_done(cls, ids, errors, sent=()):
-        """Mark done the record activities of ids, with the errors that kept
-        their action from being done, and flag those of sent as sent
+    def set_done(cls, ids, errors=None, flags=None):
+        """Mark done the record activities of ids, with the errors (id →
+        message) that kept their action from being done, and set the Boolean
+        columns of flags ({column name: ids}) for their ids
 
-        Each entry is written once: an entry updated twice leaves one more
-        dead row behind in the table and its indexes."""
+        Each entry is written once, the error of an earlier attempt
+        cleared: an entry updated twice leaves one more dead row behind in
+        the table and its indexes."""
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         table = cls.__table__()
         now = _now()
-        sent = set(sent)
+        errors = errors or {}
+        flags = {c: set(i) for c, i in (flags or {}).items()}
         groups = defaultdict(list)
         for record_activity_id in ids:
-            groups[record_activity_id in sent,
-                errors.get(record_activity_id) or None].append(
-                record_activity_id)
-        for (was_sent, error), group in groups.items():
+            key = (errors.get(record_activity_id) or None, tuple(
+                    c for c, flagged in flags.items()
+                    if record_activity_id in flagged))
+            groups[key].append(record_activity_id)
+        for (error, flagged), group in groups.items():
             columns = [table.state, table.at, table.write_uid,
-                table.write_date]
-            values = ['done', now, transaction.user, now]
-            if was_sent:
-                # an error of an earlier attempt is over
-                columns += [table.email_sent, table.error]
-                values += [True, error]
-            elif error:
-                columns.append(table.error)
-                values.append(error)
+                table.write_date, table.error] + [
+                getattr(table, c) for c in flagged]
+            values = ['done', now, transaction.user, now, error] + [
+                True] * len(flagged)
             for sub in grouped_slice(group, backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.update(
                         columns, values, where=reduce_ids(table.id, sub)))
 
     @classmethod
-    def complete(cls, errors, sent):
+    def complete(cls, errors, flags=None):
         """Mark done the record activities whose action finished later and
-        enter their records into the children.
+        enter their records into the children: how an action that returned
+        them as later reports their end.
 
         errors maps the ids of these record activities to the error that
-        kept their action from being done (or None); sent are the ids of
-        those whose email the server accepted."""
+        kept their action from being done (or None); flags are the Boolean
+        columns to set, as for set_done."""
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         Record = pool.get('marketing.automation.record')
@@ -1546,52 +1405,58 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         record = Record.__table__()
         cursor = Transaction().connection.cursor()
         ids = list(errors)
-        cls._write_done(ids, errors, sent)
-        rows = []
+        cls.set_done(ids, errors, flags)
+        by_activity = defaultdict(list)
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.join(
                     record, condition=table.record == record.id).select(
                     table.id, table.activity, table.record, record.record,
                     where=reduce_ids(table.id, sub)))
-            rows.extend(cursor)
-        rows.sort(key=lambda r: r[1])
-        for activity_id, group in groupby(rows, key=lambda r: r[1]):
-            Activity(activity_id).enter_children(
-                [(r[0], r[2], r[3]) for r in group])
+            for id_, activity_id, record_id, reference in cursor:
+                by_activity[activity_id].append(
+                    Entry(id_, record_id, reference))
+        for activity_id, entries in by_activity.items():
+            Activity(activity_id).enter_children(entries)
+
+    @classmethod
+    def set_cancelled(cls, where):
+        """Cancel the waiting entries of the table of the record activities
+        (its columns as cls.__table__() names them) that match where"""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.update(
+                [table.state, table.write_date], ['cancelled', _now()],
+                where=(table.state == 'waiting') & where(table)))
+
+    @classmethod
+    def set_due(cls, where, at):
+        """Make due at at the waiting entries without a date that match
+        where, as set_cancelled"""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.update(
+                [table.at, table.write_date], [at, _now()],
+                where=(table.state == 'waiting') & (table.at == Null)
+                & where(table)))
 
     @classmethod
     def cancel_twins(cls, activity, record_ids):
         "Cancel the entries waiting for the opposite of the activity's event"
-        twins = activity.twins
+        twins = [a.id for a in activity.twins]
         if not twins:
             return
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
         for sub in grouped_slice(record_ids, backend.MAX_QUERY_PARAMS):
-            cursor.execute(*table.update(
-                    [table.state, table.write_date],
-                    ['cancelled', _now()],
-                    where=(table.state == 'waiting')
-                    & reduce_ids(table.activity, [a.id for a in twins])
+            cls.set_cancelled(lambda table: (
+                    reduce_ids(table.activity, twins)
                     & reduce_ids(table.record, sub)))
 
     @classmethod
-    @ModelView.button
-    def on_email_opened(cls, record_activities):
-        cls._on_events(record_activities, ['email_opened'])
-
-    @classmethod
-    @ModelView.button
-    def on_email_clicked(cls, record_activities):
-        # A click reveals an open that the mail client did not report.
-        cls._on_events(record_activities, ['email_opened', 'email_clicked'])
-
-    @classmethod
-    def _on_events(cls, record_activities, events):
+    def on_events(cls, record_activities, events):
         """Flag the events on the done entries and make the children waiting
-        for them due (or cancel those waiting for them not to happen)"""
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
+        for them due (or cancel those waiting for them not to happen)
+
+        Each event is a Boolean column of the entry; an event already
+        flagged changes nothing."""
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         ids = list(map(int, record_activities))
@@ -1616,43 +1481,42 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             cursor.execute(*table.update(
                     flags, [True] * len(flags),
                     where=reduce_ids(table.id, sub)))
-
-        now = _now()
         for event, rows in new.items():
-            rows.sort(key=lambda r: r[1])
-            for activity_id, group in groupby(rows, key=lambda r: r[1]):
-                record_ids = [r[2] for r in group]
-                for child_id, child_event, negative, delay in (
-                        Activity.event_children(activity_id)):
-                    if child_event != event:
-                        continue
-                    for sub in grouped_slice(
-                            record_ids, backend.MAX_QUERY_PARAMS):
-                        where = ((table.activity == child_id)
-                            & (table.state == 'waiting')
-                            & reduce_ids(table.record, sub))
-                        if negative:
-                            cursor.execute(*table.update(
-                                    [table.state, table.write_date],
-                                    ['cancelled', now], where=where))
-                        else:
-                            cursor.execute(*table.update(
-                                    [table.at, table.write_date],
-                                    [now + (delay or datetime.timedelta()),
-                                        now],
-                                    where=where & (table.at == Null)))
+            records = defaultdict(list)
+            for _, activity_id, record_id in rows:
+                records[activity_id].append(record_id)
+            for activity_id, record_ids in records.items():
+                cls._event_happened(activity_id, event, record_ids)
+
+    @classmethod
+    def _event_happened(cls, activity_id, event, record_ids):
+        """Make due the children of the activity waiting for the event of
+        the records, and cancel those waiting for it not to happen"""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        now = _now()
+        for child_id, child_event, negative, delay in (
+                Activity.event_children(activity_id)):
+            if child_event != event:
+                continue
+            for sub in grouped_slice(record_ids, backend.MAX_QUERY_PARAMS):
+                def where(table, child_id=child_id, sub=sub):
+                    return ((table.activity == child_id)
+                        & reduce_ids(table.record, sub))
+                if negative:
+                    cls.set_cancelled(where)
+                else:
+                    cls.set_due(where, now + (delay or datetime.timedelta()))
 
 
 def _underlying_records(entries):
     """The instances of the records of the entries that still exist, by
-    record activity id.
-
-    entries are (record activity id, record id, reference) tuples."""
+    record activity id"""
     pool = Pool()
     by_model = defaultdict(dict)
-    for entry_id, _, reference in entries:
-        model_name, record_id = reference.split(',')
-        by_model[model_name][int(record_id)] = entry_id
+    for entry in entries:
+        model_name, record_id = entry.reference.split(',')
+        by_model[model_name][int(record_id)] = entry.id
     underlying = {}
     with Transaction().set_context(active_test=False, _check_access=False):
         for model_name, entry_of in by_model.items():
@@ -1664,5 +1528,15 @@ def _underlying_records(entries):
     return underlying
 
 
-class Unsubscribe(Report):
-    __name__ = 'marketing.automation.unsubscribe'
+def marketing_parties(records):
+    "The id of the marketing party of each record (instances of models)"
+    by_model = defaultdict(list)
+    for record in records:
+        by_model[record.__class__].append(record.id)
+    parties = {}
+    with Transaction().set_context(_check_access=False):
+        for Model, ids in by_model.items():
+            for sub in grouped_slice(ids, BROWSE_SIZE):
+                for values in Model.read(list(sub), ['marketing_party']):
+                    parties[Model(values['id'])] = values['marketing_party']
+    return parties

@@ -1,47 +1,57 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The send_email action: from due record activities to accepted messages.
 
-An email goes through two steps, each in its own transaction:
+The action plugs into the activity (``Activity.execute_send_email_batch``)
+and into the record activity (``RecordActivity.in_progress``), and keeps its
+messages in an outbox (``marketing.automation.email``).  An email goes
+through two steps, each in its own transaction:
 
-1. ``prepare`` (inside ``RecordActivity.do``) renders the messages of a batch,
-   creates their tracked links and stores each message as a
-   ``marketing.automation.email`` waiting for delivery; the record activity
-   stays waiting.
+1. ``EmailBatch`` (run by the engine as the action of a batch of due
+   entries) finds the recipients, renders their messages in the sandbox,
+   creates their tracked links and stores each message in the outbox; the
+   record activity stays waiting.
 2. ``Email.deliver`` hands the messages to the SMTP server over one
    connection and commits the acceptance of each message before sending the
-   next, then marks the record activities done and enters their records
-   into the children.
+   next, then reports the end of the record activities to the engine
+   (``RecordActivity.complete``).
 
 So a message is never sent for work that was rolled back, an entry is done
 only once the server has accepted its message, and a process killed while
 delivering sends at most the message in flight twice (with the same
 Message-ID).  Transient failures leave the message waiting for a later run,
-with a growing delay; permanent ones are written on the record activity.
+with a growing delay; permanent ones are written on the record activity; a
+failure that is no recipient's pauses the activity (``ActivityFault``).
 """
 import datetime
+import functools
 import logging
 import smtplib
 import socket
-import urllib.parse
-from collections import defaultdict
+import zoneinfo
+from collections import defaultdict, namedtuple
 from email.utils import parseaddr
 
 from sql import Literal, Null
+from sql.aggregate import Sum
+from sql.conditionals import Case
+from sql.operators import Exists
 
 from trytond import backend
 from trytond.config import config
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, fields
-from trytond.pool import Pool
+from trytond.pool import Pool, PoolMeta
+from trytond.pyson import Eval
+from trytond.report import Report
 from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
-from trytond.url import http_host
-from trytond.wsgi import Base64Converter
 
-from . import mailing, sandbox
+from . import mailing, sandbox, urls
 from .exceptions import ActivityFault, TemplateError
-from .tools import BROWSE_SIZE, for_update, queue, quick_commits
+from .marketing_automation import (
+    Entry, Outcome, _round_rate, marketing_parties)
+from .tools import for_update, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, RECORD_ACTIVITY
 
 logger = logging.getLogger(__name__)
@@ -49,22 +59,8 @@ logger = logging.getLogger(__name__)
 # How long a delivery may hold its messages before another run takes them
 LEASE = datetime.timedelta(minutes=10)
 MAX_ATTEMPTS = 10
-
-
-def automation_base():
-    "The scheme and host of the URLs written into the emails"
-    base = config.get('marketing', 'automation_base')
-    if not base:
-        base = http_host()
-    return base.rstrip('/')
-
-
-def email_domain():
-    return urllib.parse.urlsplit(automation_base()).hostname or 'localhost'
-
-
-def database_b64():
-    return Base64Converter(None).to_url(Transaction().database.name)
+SEND_EMAIL = 'send_email'
+EVENTS = ['email_opened', 'email_clicked']
 
 
 def retry_delay(attempts):
@@ -74,58 +70,509 @@ def retry_delay(attempts):
         datetime.timedelta(hours=6))
 
 
-def check_templates(activity):
-    """Refuse the activity if its title or its template does not compile,
-    or if its sender is not an email address"""
-    Activity = activity.__class__
-    languages = _languages()
-    for code in languages:
-        with Transaction().set_context(language=code):
-            translated = Activity(activity.id) if activity.id else activity
-            title, template, sender = (
-                translated.email_title, translated.email_template,
-                translated.email_from)
-        if sender:
-            try:
-                mailing.check_sender(sender)
-            except ValueError as exception:
-                raise TemplateError(gettext(
-                        'marketing_automation.msg_activity_invalid_email_from',
-                        sender=sender,
-                        activity=activity.rec_name)) from exception
-        for source, check, message in [
-                (title, mailing.check_title,
-                    'msg_activity_invalid_email_title'),
-                (template, mailing.check_body,
-                    'msg_activity_invalid_email_template'),
-                ]:
-            if not source:
+class Activity(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.activity'
+
+    _email_states = {
+        'invisible': Eval('action') != SEND_EMAIL,
+        }
+
+    email_from = fields.Char(
+        "From", translate=True, states=_email_states,
+        help="Leave empty to use the configured sender.")
+    email_title = fields.Char(
+        "Email Title", translate=True,
+        states={
+            **_email_states,
+            'required': Eval('action') == SEND_EMAIL,
+            },
+        help="A Genshi text template rendered with the record.")
+    email_template = fields.Text(
+        "Email Template", translate=True,
+        states={
+            **_email_states,
+            'required': Eval('action') == SEND_EMAIL,
+            },
+        help="A Genshi HTML (or MJML) template rendered with the record.\n"
+        "Write 'unsubscribe' as a link to let the recipient unsubscribe.")
+    email_sent = fields.Function(
+        fields.Integer(
+            "Emails Sent", states=_email_states,
+            help="How many emails the mail server accepted."),
+        'get_email_statistics')
+    email_opened = fields.Function(
+        fields.Integer("Emails Opened", states=_email_states),
+        'get_email_statistics')
+    email_clicked = fields.Function(
+        fields.Integer("Emails Clicked", states=_email_states),
+        'get_email_statistics')
+    email_open_rate = fields.Function(
+        fields.Float(
+            "Email Open Rate", digits=(1, 2), states=_email_states),
+        'get_email_statistics')
+    email_click_rate = fields.Function(
+        fields.Float(
+            "Email Click Rate", digits=(1, 2), states=_email_states),
+        'get_email_statistics')
+    email_click_through_rate = fields.Function(
+        fields.Float(
+            "Email Click-Through Rate", digits=(1, 2),
+            states=_email_states),
+        'get_email_statistics')
+    email_open_rate_trend = fields.Function(
+        fields.Char("Email Open Rate Trend", states=_email_states),
+        'get_trend')
+    email_click_rate_trend = fields.Function(
+        fields.Char("Email Click Rate Trend", states=_email_states),
+        'get_trend')
+    email_click_through_rate_trend = fields.Function(
+        fields.Char("Email Click-Through Rate Trend", states=_email_states),
+        'get_trend')
+
+    del _email_states
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        cls.action.selection.append((SEND_EMAIL, "Send Email"))
+        cls.event.selection.extend([
+                ('email_opened', "Email Opened"),
+                ('email_clicked', "Email Clicked"),
+                ])
+        cls.on.selection.extend([
+                ('email_opened', "Email Opened"),
+                ('email_opened_not', "Email Not Opened"),
+                ('email_clicked', "Email Clicked"),
+                ('email_clicked_not', "Email Not Clicked"),
+                ])
+
+    @classmethod
+    def view_attributes(cls):
+        return super().view_attributes() + [
+            ('//page[@id="email"]', 'states', {
+                    'invisible': Eval('action') != SEND_EMAIL,
+                    }),
+            ]
+
+    @classmethod
+    def _parent_action_events(cls):
+        events = super()._parent_action_events()
+        events[SEND_EMAIL] = EVENTS
+        return events
+
+    def check_send_email(self, field_names=None):
+        """Refuse the activity if its title or its template does not compile,
+        if one of its links is refused, or if its sender is not an email
+        address, in any language"""
+        if field_names is not None and not field_names & {
+                'action', 'email_from', 'email_title', 'email_template'}:
+            return
+        pool = Pool()
+        Lang = pool.get('ir.lang')
+        languages = [
+            l.code for l in Lang.search([('translatable', '=', True)])] or [
+            Transaction().context.get('language') or 'en']
+        for code in languages:
+            with Transaction().set_context(language=code):
+                translated = self.__class__(self.id) if self.id else self
+                title, template, sender = (
+                    translated.email_title, translated.email_template,
+                    translated.email_from)
+            if sender:
+                try:
+                    mailing.check_sender(sender)
+                except ValueError as exception:
+                    raise TemplateError(gettext(
+                            'marketing_automation'
+                            '.msg_activity_invalid_email_from',
+                            sender=sender,
+                            activity=self.rec_name)) from exception
+            for source, check, message in [
+                    (title, mailing.check_title,
+                        'msg_activity_invalid_email_title'),
+                    (template, mailing.check_body,
+                        'msg_activity_invalid_email_template'),
+                    ]:
+                if not source:
+                    continue
+                try:
+                    check(source)
+                except Exception as exception:
+                    raise TemplateError(gettext(
+                            'marketing_automation.' + message,
+                            activity=self.rec_name,
+                            exception=exception)) from exception
+
+    def email_context(self, record):
+        """The variables of the email templates for the record
+
+        Override it to add variables.  Templates see them through the
+        sandbox: records as read-only views of their fields, functions
+        called with records in place of views, and plain values (text,
+        numbers, dates, lists and dictionaries of them); anything else
+        stops the activity."""
+        return {
+            'record': record,
+            'format_date': Report.format_date,
+            'format_datetime': _format_datetime,
+            'format_timedelta': Report.format_timedelta,
+            'format_currency': Report.format_currency,
+            'format_number': Report.format_number,
+            'datetime': datetime,
+            }
+
+    def email_sender(self):
+        """The sender of the activity's emails, in the language of the
+        transaction: its From, else the configured one"""
+        return (self.email_from
+            or config.get('marketing', 'email_from')
+            or config.get('email', 'from'))
+
+    def email_headers(self, record):
+        """The headers added to the email to the record, as (name, value)
+        pairs; override it to add some"""
+        return []
+
+    def execute_send_email_batch(self, entries, records):
+        "Store the emails of the entries in the outbox and queue them"
+        pool = Pool()
+        Email = pool.get('marketing.automation.email')
+        errors = EmailBatch(self, entries, records).store()
+        later = {e.id for e in entries} - set(errors)
+        queue(Email.__queue__.deliver, Email.of_record_activities(later))
+        return Outcome(errors, later)
+
+    def execute_send_email(self, record_activity, **kwargs):
+        "Send the email of one record activity, as Tryton's own module does"
+        entry = Entry(
+            record_activity.id, record_activity.record.id,
+            str(record_activity.record.record))
+        outcome = self.execute_send_email_batch(
+            [entry], {entry.id: record_activity.record.record})
+        if outcome.errors:
+            raise ValueError(outcome.errors[entry.id])
+
+    @classmethod
+    def get_email_statistics(cls, activities, names):
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+
+        counts = {a.id: (0, 0, 0) for a in activities}
+        sent = record_activity.email_sent == Literal(True)
+        for sub in grouped_slice(activities, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*record_activity.select(
+                    record_activity.activity,
+                    Sum(Case((sent, 1), else_=0)),
+                    # A click proves an open, even when the open was not
+                    # reported.
+                    Sum(Case((sent & (record_activity.email_opened
+                                    | record_activity.email_clicked), 1),
+                            else_=0)),
+                    Sum(Case((sent & record_activity.email_clicked, 1),
+                            else_=0)),
+                    where=reduce_ids(
+                        record_activity.activity, [a.id for a in sub])
+                    & (record_activity.state == 'done'),
+                    group_by=[record_activity.activity]))
+            for activity_id, *emails in cursor:
+                counts[activity_id] = tuple(e or 0 for e in emails)
+
+        result = {n: {} for n in names}
+        for activity_id, (sent, opened, clicked) in counts.items():
+            values = {
+                'email_sent': sent,
+                'email_opened': opened,
+                'email_clicked': clicked,
+                # Rates are over the emails that reached the server: an
+                # entry whose email was not sent can be neither opened nor
+                # clicked.
+                'email_open_rate': _round_rate(opened, sent),
+                'email_click_rate': _round_rate(clicked, sent),
+                'email_click_through_rate': _round_rate(clicked, opened),
+                }
+            for name in names:
+                result[name][activity_id] = values[name]
+        return result
+
+
+@functools.cache
+def _time_zones():
+    return zoneinfo.available_timezones()
+
+
+def _format_datetime(value, lang=None, format=None, timezone=None):
+    """Report.format_datetime, taking for timezone only the name of a time
+    zone: dateutil opens a path given as a name, which would tell a
+    template whether a file exists"""
+    if isinstance(timezone, str) and timezone not in _time_zones():
+        raise ValueError(f"Unknown time zone: {timezone!r}")
+    return Report.format_datetime(
+        value, lang=lang, format=format, timezone=timezone)
+
+
+class RecordActivity(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.record.activity'
+
+    _email_states = {
+        'invisible': Eval('activity_action') != SEND_EMAIL,
+        }
+
+    email_opened = fields.Boolean(
+        "Email Opened", readonly=True, states=_email_states)
+    email_clicked = fields.Boolean(
+        "Email Clicked", readonly=True, states=_email_states)
+    email_sent = fields.Boolean(
+        "Email Sent", readonly=True, states=_email_states,
+        help="Whether the mail server accepted the email.")
+
+    del _email_states
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        not_done_email = (
+            (Eval('state') != 'done')
+            | (Eval('activity_action') != SEND_EMAIL))
+        cls._buttons.update({
+                'on_email_opened': {
+                    'invisible': not_done_email | Eval('email_opened', False),
+                    'depends': ['state', 'activity_action', 'email_opened'],
+                    },
+                'on_email_clicked': {
+                    'invisible': not_done_email | Eval('email_clicked', False),
+                    'depends': [
+                        'state', 'activity_action', 'email_clicked'],
+                    },
+                })
+
+    @classmethod
+    def __register__(cls, module):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        migrate_sent = (
+            backend.TableHandler.table_exist(cls._table)
+            and not cls.__table_handler__(module).column_exist('email_sent'))
+
+        super().__register__(module)
+
+        # Databases of the other module know no delivery status: their done
+        # email entries were sent as far as anybody can tell.
+        if migrate_sent:
+            table = cls.__table__()
+            activity = Activity.__table__()
+            cursor = Transaction().connection.cursor()
+            cursor.execute(*table.update(
+                    [table.email_sent], [True],
+                    where=(table.state == 'done')
+                    & table.activity.in_(activity.select(
+                            activity.id,
+                            where=activity.action == SEND_EMAIL))))
+
+    @classmethod
+    def default_email_opened(cls):
+        return False
+
+    @classmethod
+    def default_email_clicked(cls):
+        return False
+
+    @classmethod
+    def default_email_sent(cls):
+        return False
+
+    @classmethod
+    def _new_values(cls):
+        values = super()._new_values()
+        values.update(email_opened=False, email_clicked=False,
+            email_sent=False)
+        return values
+
+    @classmethod
+    def in_progress(cls, table):
+        # an email waits in the outbox
+        pool = Pool()
+        Email = pool.get('marketing.automation.email')
+        email = Email.__table__()
+        return super().in_progress(table) | Exists(email.select(
+                Literal(1), where=email.record_activity == table.id))
+
+    @classmethod
+    def process(cls):
+        "Queue the emails that wait for another attempt, then the due work"
+        pool = Pool()
+        Email = pool.get('marketing.automation.email')
+        Email.ready()
+        super().process()
+
+    @classmethod
+    @ModelView.button
+    def on_email_opened(cls, record_activities):
+        cls.on_events(record_activities, ['email_opened'])
+
+    @classmethod
+    @ModelView.button
+    def on_email_clicked(cls, record_activities):
+        # A click reveals an open that the mail client did not report.
+        cls.on_events(record_activities, ['email_opened', 'email_clicked'])
+
+
+Recipient = namedtuple(
+    'Recipient', ['entry', 'record', 'uuid', 'name', 'address', 'language'])
+Recipient.__doc__ = """An entry of the batch with an email address: the
+underlying record, the uuid of its marketing record, the name and address
+of its marketing party and the code of its language"""
+
+
+class EmailBatch:
+    """The emails of a batch of due entries of an activity, made in order:
+
+    1. ``recipients``: who receives each entry's email, in which language;
+    2. for each language, the activity's templates compiled and its sender
+       checked (``compiled``, ``sender``), a fault of the activity else;
+    3. ``message``: each recipient's email rendered in the sandbox, its
+       links made tracked links, built as MIME;
+    4. ``store``: the tracked links and the messages inserted together.
+
+    The errors of one recipient are theirs; the template failing for every
+    recipient is the activity's (ActivityFault)."""
+
+    def __init__(self, activity, entries, records):
+        self.activity = activity
+        self.entries = entries
+        self.records = records
+        self.errors = {}
+        self.links = []
+        self.emails = []
+        self.base = urls.base()
+        self.database = urls.database()
+        self.domain = urls.email_domain()
+        self.secret = Pool().get('marketing.automation.email.secret').get()
+        # whole seconds: PostgreSQL rounds the microseconds of a
+        # timestamp(0), which could put the first attempt after the delivery
+        # that follows
+        self.now = datetime.datetime.now().replace(microsecond=0)
+        self.renderer = _Renderer(activity)
+
+    def recipients(self):
+        """The recipients of the entries by language; an entry whose party
+        has no address gets its error"""
+        uuids = _record_uuids([e.id for e in self.entries])
+        parties = marketing_parties(self.records.values())
+        contacts = _recipients(set(filter(None, parties.values())))
+        by_language = defaultdict(list)
+        for entry in self.entries:
+            record = self.records[entry.id]
+            name, address, language = contacts.get(
+                parties.get(record), (None, None, None))
+            if not address:
+                self.errors[entry.id] = gettext(
+                    'marketing_automation.msg_email_no_address',
+                    party=name or '')
                 continue
-            try:
-                check(source)
-            except Exception as exception:
-                raise TemplateError(gettext(
-                        'marketing_automation.' + message,
-                        activity=activity.rec_name,
-                        exception=exception)) from exception
+            by_language[language].append(Recipient(
+                    entry, record, uuids[entry.id], name, address, language))
+        return by_language
 
+    def store(self):
+        """Make the emails of the entries and insert them in the outbox
 
-def _languages():
-    pool = Pool()
-    Lang = pool.get('ir.lang')
-    return [l.code for l in Lang.search([('translatable', '=', True)])] or [
-        Transaction().context.get('language') or 'en']
+        Returns the errors of the entries without an email."""
+        Activity = Pool().get('marketing.automation.activity')
+        transaction = Transaction()
+        for language, recipients in self.recipients().items():
+            with transaction.set_context(language=language):
+                translated = Activity(self.activity.id)
+                templates = _compiled(translated)
+                sender = _checked_sender(translated)
+                for recipient in recipients:
+                    self.message(translated, templates, sender, recipient)
+        self.renderer.check()
+        self._insert()
+        return self.errors
 
+    def message(self, activity, templates, sender, recipient):
+        "Make the email of the recipient, or keep the error of its entry"
+        entry_id = recipient.entry.id
+        first_link = len(self.links)
+        try:
+            rendered = self.renderer.render(
+                templates, recipient.record, recipient.language)
+            to = mailing.format_recipient(recipient.name, recipient.address)
+            urls_ = self._urls(entry_id, recipient.uuid, rendered.links)
+            message_id = mailing.message_id(
+                '%s.%s' % (recipient.uuid, self.activity.id), self.domain)
+            message = mailing.build_message(
+                sender, to, rendered.subject,
+                mailing.fill(rendered.html, urls_),
+                mailing.fill(rendered.text, urls_, quote=False),
+                message_id=message_id,
+                unsubscribe=urls.unsubscribe_url(
+                    self.base, self.database, recipient.uuid),
+                language=recipient.language,
+                headers=activity.email_headers(recipient.record))
+        except (mailing.RenderError, ValueError) as exception:
+            self.errors[entry_id] = gettext(
+                'marketing_automation.msg_email_render_error',
+                exception=exception)
+            del self.links[first_link:]
+            return
+        self.emails.append([
+                Transaction().user, self.now, entry_id, message_id,
+                _address(sender), _address(to), to, rendered.subject,
+                message, 'pending', 0, self.now])
 
-def _sender(activity):
-    return (activity.email_from
-        or config.get('marketing', 'email_from')
-        or config.get('email', 'from'))
+    def _urls(self, entry_id, uuid, links):
+        """The URLs of the links of a rendering, in order: the unsubscribe
+        links signed, the others tracked links to insert"""
+        reference = '%s,%s' % (RECORD_ACTIVITY, entry_id)
+        user = Transaction().user
+        result = []
+        for link in links:
+            if link.kind == mailing.UNSUBSCRIBE:
+                result.append(urls.unsubscribe_url(
+                        self.base, self.database, uuid, link.url,
+                        self.secret))
+                continue
+            token = mailing.new_token()
+            if link.kind == mailing.OPEN:
+                redirect, method = urls.empty_gif_url(self.base), EMAIL_OPENED
+            else:
+                redirect, method = link.url, EMAIL_CLICKED
+            self.links.append(
+                [user, self.now, redirect, reference, method, token])
+            result.append(
+                urls.tracked_link_url(self.base, self.database, token))
+        return result
+
+    def _insert(self):
+        pool = Pool()
+        ShortenedURL = pool.get('web.shortened_url')
+        Email = pool.get('marketing.automation.email')
+        cursor = Transaction().connection.cursor()
+        url_table = ShortenedURL.__table__()
+        for sub in grouped_slice(self.links, 500):
+            cursor.execute(*url_table.insert(
+                    [url_table.create_uid, url_table.create_date,
+                        url_table.redirect_url, url_table.record,
+                        url_table.method, url_table.token],
+                    list(sub)))
+        email_table = Email.__table__()
+        for sub in grouped_slice(self.emails, 200):
+            cursor.execute(*email_table.insert(
+                    [email_table.create_uid, email_table.create_date,
+                        email_table.record_activity, email_table.message_id,
+                        email_table.sender, email_table.address,
+                        email_table.recipient, email_table.subject,
+                        email_table.message, email_table.state,
+                        email_table.attempts, email_table.next_attempt],
+                    list(sub)))
 
 
 def _checked_sender(activity):
     "The sender of the activity's emails, or ActivityFault"
-    sender = _sender(activity)
+    sender = activity.email_sender()
     try:
         mailing.check_sender(sender)
     except ValueError as exception:
@@ -168,7 +615,8 @@ class _Renderer:
             'marketing', 'render_timeout', default=10) or None
 
     def render(self, templates, record, language):
-        "The Rendered email of record, or None after a recipient's error"
+        """The Rendered email of record, or RenderError for this recipient,
+        or ActivityFault"""
         self.attempts += 1
         try:
             with Transaction().set_user(self.author):
@@ -204,123 +652,6 @@ class _Renderer:
                     error=self.failures[0]))
 
 
-def prepare(activity, records):
-    """Render the emails of the record activities and store them for delivery
-
-    records maps the id of each record activity to the instance of its
-    underlying record.
-    Returns a dictionary: record activity id → why no email was made for
-    it.  Raise ActivityFault when the error is not one recipient's (the
-    sender, the template for everyone): nothing must then be kept of the
-    batch, its entries wait for the activity to be fixed."""
-    pool = Pool()
-    Activity = pool.get('marketing.automation.activity')
-    ShortenedURL = pool.get('web.shortened_url')
-    Email = pool.get('marketing.automation.email')
-    Secret = pool.get('marketing.automation.email.secret')
-    transaction = Transaction()
-    cursor = transaction.connection.cursor()
-
-    uuids = _record_uuids(list(records))
-    parties = _marketing_parties(records.values())
-    recipients = _recipients(set(filter(None, parties.values())))
-    errors = {}
-    by_language = defaultdict(list)
-    for record_activity_id, record in records.items():
-        party = parties.get(record)
-        name, address, language = recipients.get(party, (None, None, None))
-        if not address:
-            errors[record_activity_id] = gettext(
-                'marketing_automation.msg_email_no_address',
-                party=name or '')
-            continue
-        by_language[language].append(
-            (record_activity_id, record, uuids[record_activity_id],
-                name, address))
-
-    base = automation_base()
-    database = database_b64()
-    domain = email_domain()
-    secret = Secret.get()
-    # whole seconds: PostgreSQL rounds the microseconds of a timestamp(0),
-    # which could put the first attempt after the delivery that follows
-    now = datetime.datetime.now().replace(microsecond=0)
-    links, emails = [], []
-    renderer = _Renderer(activity)
-    for language, entries in by_language.items():
-        with transaction.set_context(language=language):
-            translated = Activity(activity.id)
-            templates = _compiled(translated)
-            sender = _checked_sender(translated)
-            for record_activity_id, record, uuid, name, address in entries:
-                try:
-                    rendered = renderer.render(templates, record, language)
-                    recipient = mailing.format_recipient(name, address)
-                except (mailing.RenderError, ValueError) as exception:
-                    errors[record_activity_id] = gettext(
-                        'marketing_automation.msg_email_render_error',
-                        exception=exception)
-                    continue
-                reference = '%s,%s' % (RECORD_ACTIVITY, record_activity_id)
-                first_link, urls = len(links), []
-                for link in rendered.links:
-                    if link.kind == mailing.UNSUBSCRIBE:
-                        urls.append(mailing.unsubscribe_url(
-                                base, transaction.database.name,
-                                uuid, link.url, secret))
-                        continue
-                    token = mailing.new_token()
-                    if link.kind == mailing.OPEN:
-                        redirect, method = base + '/m/empty.gif', EMAIL_OPENED
-                    else:
-                        redirect, method = link.url, EMAIL_CLICKED
-                    links.append(
-                        [transaction.user, now, redirect, reference, method,
-                            token])
-                    urls.append(ShortenedURL.token_url(token, base, database))
-                html = mailing.fill(rendered.html, urls)
-                text = mailing.fill(rendered.text, urls, quote=False)
-                message_id = mailing.message_id(
-                    '%s.%s' % (uuid, activity.id), domain)
-                try:
-                    message = mailing.build_message(
-                        sender, recipient, rendered.subject, html,
-                        text, message_id=message_id,
-                        unsubscribe=mailing.unsubscribe_url(
-                            base, transaction.database.name, uuid),
-                        language=language)
-                except ValueError as exception:
-                    errors[record_activity_id] = gettext(
-                        'marketing_automation.msg_email_render_error',
-                        exception=exception)
-                    del links[first_link:]
-                    continue
-                emails.append(
-                    [transaction.user, now, record_activity_id, message_id,
-                        _address(sender), _address(recipient), recipient,
-                        rendered.subject, message, 'pending', 0, now])
-    renderer.check()
-
-    url_table = ShortenedURL.__table__()
-    for sub in grouped_slice(links, 500):
-        cursor.execute(*url_table.insert(
-                [url_table.create_uid, url_table.create_date,
-                    url_table.redirect_url, url_table.record,
-                    url_table.method, url_table.token],
-                list(sub)))
-    email_table = Email.__table__()
-    for sub in grouped_slice(emails, 200):
-        cursor.execute(*email_table.insert(
-                [email_table.create_uid, email_table.create_date,
-                    email_table.record_activity, email_table.message_id,
-                    email_table.sender, email_table.address,
-                    email_table.recipient, email_table.subject,
-                    email_table.message, email_table.state,
-                    email_table.attempts, email_table.next_attempt],
-                list(sub)))
-    return errors
-
-
 def _record_uuids(record_activity_ids):
     "The uuid of the marketing record of each record activity"
     pool = Pool()
@@ -339,20 +670,6 @@ def _record_uuids(record_activity_ids):
                 where=reduce_ids(record_activity.id, sub)))
         uuids.update(cursor)
     return uuids
-
-
-def _marketing_parties(records):
-    "The id of the marketing party of each record"
-    by_model = defaultdict(list)
-    for record in records:
-        by_model[record.__class__].append(record.id)
-    parties = {}
-    with Transaction().set_context(_check_access=False):
-        for Model, ids in by_model.items():
-            for sub in grouped_slice(ids, BROWSE_SIZE):
-                for values in Model.read(list(sub), ['marketing_party']):
-                    parties[Model(values['id'])] = values['marketing_party']
-    return parties
 
 
 def _recipients(party_ids):
@@ -780,7 +1097,8 @@ class Email(ModelSQL, ModelView):
             cls._log([f[0] for f in finished if f[2] == 'sent'])
             RecordActivity.complete(
                 {f[1]: f[3] for f in finished},
-                sent={f[1] for f in finished if f[2] == 'sent'})
+                flags={'email_sent': [f[1] for f in finished
+                        if f[2] == 'sent']})
             for sub in grouped_slice(
                     [f[0] for f in finished], backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.delete(
@@ -892,3 +1210,8 @@ class Secret(ModelSQL):
                 [table.create_uid, table.create_date, table.secret],
                 [[0, datetime.datetime.now(), secret]]))
         return secret
+
+
+class Unsubscribe(Report):
+    "The page of a recipient who unsubscribes, in their language"
+    __name__ = 'marketing.automation.unsubscribe'

@@ -7,11 +7,17 @@ The context (``marketing.automation.reporting.context``) gives the period
 A row stands for one scenario, or one activity, and one period; its id is
 the smallest id of the rows it counts, which is unique because the groups do
 not overlap, and stable as long as that record exists.
+
+The query of each reporting is made of overridable parts, as in Tryton's
+own module: ``_joins`` gives the tables (by name, in ``tables``) and the
+``WITH`` queries (``withs``) it reads; ``_columns``, ``_where`` and
+``_group_by`` take them.  The rates are columns of the query, so that the
+lists sort by them.
 """
 import datetime
 
 from dateutil.relativedelta import relativedelta
-from sql import Literal
+from sql import Cast, Literal
 from sql.aggregate import Count, Min, Sum
 from sql.conditionals import Case
 from sql.functions import DateTrunc
@@ -22,7 +28,7 @@ from trytond.pyson import Eval, If
 from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 
-from .marketing_automation import _as_date, _round_rate
+from .marketing_automation import _as_date
 
 PERIODS = {'year', 'month', 'day'}
 
@@ -85,12 +91,49 @@ class Abstract(ModelSQL, ModelView):
         cls._order.insert(0, ('date', 'ASC'))
 
     @classmethod
+    def table_query(cls):
+        from_item, tables, withs = cls._joins()
+        return from_item.select(
+            *cls._columns(tables, withs),
+            where=cls._where(tables, withs),
+            group_by=cls._group_by(tables, withs),
+            with_=list(withs.values()) or None)
+
+    @classmethod
+    def _joins(cls):
+        """The FROM item of the query, the tables it joins by name and the
+        WITH queries by name"""
+        raise NotImplementedError
+
+    @classmethod
+    def _columns(cls, tables, withs):
+        "The columns of the query, each named after its field"
+        return [cls._column_id(tables, withs).as_('id'),
+            cls._column_date(tables, withs)]
+
+    @classmethod
+    def _column_id(cls, tables, withs):
+        raise NotImplementedError
+
+    @classmethod
+    def _column_date(cls, tables, withs):
+        raise NotImplementedError
+
+    @classmethod
+    def _where(cls, tables, withs):
+        return Literal(True)
+
+    @classmethod
+    def _group_by(cls, tables, withs):
+        return [cls._column_date(tables, withs)]
+
+    @classmethod
     def _period(cls):
         period = Transaction().context.get('period')
         return period if period in PERIODS else 'month'
 
     @classmethod
-    def _column_date(cls, column):
+    def _date(cls, column):
         """The start of the period of column, named date
 
         The queries group by that name: the period is a parameter, and
@@ -131,6 +174,18 @@ class Abstract(ModelSQL, ModelView):
         return series
 
 
+def rate(numerator, denominator):
+    """The SQL of numerator / denominator rounded half up to 2 decimals as
+    a float, 0 without a denominator
+
+    In integers until the end: PostgreSQL rounds only numerics, and SQLite
+    divides integers as integers."""
+    hundredths = (numerator * 200 + denominator) / (denominator * 2)
+    return Case(
+        (denominator > 0, Cast(hundredths, 'FLOAT') / 100),
+        else_=Literal(0.0))
+
+
 class Scenario(Abstract):
     __name__ = 'marketing.automation.reporting.scenario'
 
@@ -140,30 +195,45 @@ class Scenario(Abstract):
         "Records", help="The records that entered the scenario.")
     record_count_blocked = fields.Integer(
         "Records Blocked", help="Those of the records that are blocked.")
-    block_rate = fields.Function(
-        fields.Float("Block Rate", digits=(1, 2)), 'get_rate')
+    block_rate = fields.Float("Block Rate", digits=(1, 2))
 
     @classmethod
-    def table_query(cls):
+    def _joins(cls):
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         record = Record.__table__()
-        date = cls._column_date(record.create_date)
-        return record.select(
-            Min(record.id).as_('id'),
-            record.scenario.as_('scenario'),
-            date,
-            Count().as_('record_count'),
-            Sum(Case((record.blocked, 1), else_=0)).as_(
-                'record_count_blocked'),
-            where=cls._where_date(record.create_date),
-            group_by=[record.scenario, date])
+        return record, {'record': record}, {}
 
     @classmethod
-    def get_rate(cls, rows, name):
-        return {
-            r.id: _round_rate(r.record_count_blocked, r.record_count)
-            for r in rows}
+    def _column_id(cls, tables, withs):
+        return Min(tables['record'].id)
+
+    @classmethod
+    def _column_date(cls, tables, withs):
+        return cls._date(tables['record'].create_date)
+
+    @classmethod
+    def _columns(cls, tables, withs):
+        record = tables['record']
+        count = Count(Literal('*'))
+        blocked = Sum(Case((record.blocked, 1), else_=0))
+        return super()._columns(tables, withs) + [
+            record.scenario.as_('scenario'),
+            count.as_('record_count'),
+            blocked.as_('record_count_blocked'),
+            rate(blocked, count).as_('block_rate'),
+            ]
+
+    @classmethod
+    def _where(cls, tables, withs):
+        record = tables['record']
+        return (super()._where(tables, withs)
+            & cls._where_date(record.create_date))
+
+    @classmethod
+    def _group_by(cls, tables, withs):
+        return [tables['record'].scenario] + super()._group_by(
+            tables, withs)
 
     def get_rec_name(self, name):
         return '%s @ %s' % (self.scenario.rec_name, self.date)
@@ -172,6 +242,10 @@ class Scenario(Abstract):
 class Activity(Abstract):
     __name__ = 'marketing.automation.reporting.activity'
 
+    _email_states = {
+        'invisible': Eval('activity_action') != 'send_email',
+        }
+
     activity = fields.Many2One(
         'marketing.automation.activity', "Activity")
     activity_action = fields.Selection(
@@ -179,47 +253,25 @@ class Activity(Abstract):
     record_count = fields.Integer(
         "Records", help="The entries done.")
     email_sent = fields.Integer(
-        "Emails Sent",
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            },
+        "Emails Sent", states=_email_states,
         help="The emails that the mail server accepted.")
     email_opened = fields.Integer(
-        "Emails Opened",
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            },
+        "Emails Opened", states=_email_states,
         help="The emails sent that were opened or clicked.")
     email_clicked = fields.Integer(
-        "Emails Clicked",
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            },
+        "Emails Clicked", states=_email_states,
         help="The emails sent that were clicked.")
-    email_open_rate = fields.Function(
-        fields.Float(
-            "Email Open Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('activity_action') != 'send_email',
-                },
-            help="The emails opened per email sent."),
-        'get_rate')
-    email_click_rate = fields.Function(
-        fields.Float(
-            "Email Click Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('activity_action') != 'send_email',
-                },
-            help="The emails clicked per email sent."),
-        'get_rate')
-    email_click_through_rate = fields.Function(
-        fields.Float(
-            "Email Click-Through Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('activity_action') != 'send_email',
-                },
-            help="The emails clicked per email opened."),
-        'get_rate')
+    email_open_rate = fields.Float(
+        "Email Open Rate", digits=(1, 2), states=_email_states,
+        help="The emails opened per email sent.")
+    email_click_rate = fields.Float(
+        "Email Click Rate", digits=(1, 2), states=_email_states,
+        help="The emails clicked per email sent.")
+    email_click_through_rate = fields.Float(
+        "Email Click-Through Rate", digits=(1, 2), states=_email_states,
+        help="The emails clicked per email opened.")
+
+    del _email_states
 
     @classmethod
     def get_activity_actions(cls):
@@ -228,49 +280,65 @@ class Activity(Abstract):
         return Activity.get_actions()
 
     @classmethod
-    def table_query(cls):
+    def _joins(cls):
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         RecordActivity = pool.get('marketing.automation.record.activity')
         activity = Activity.__table__()
         record_activity = RecordActivity.__table__()
-        date = cls._column_date(record_activity.at)
+        from_item = record_activity.join(
+            activity, condition=record_activity.activity == activity.id)
+        return from_item, {
+            'record_activity': record_activity,
+            'activity': activity,
+            }, {}
+
+    @classmethod
+    def _column_id(cls, tables, withs):
+        return Min(tables['record_activity'].id)
+
+    @classmethod
+    def _column_date(cls, tables, withs):
+        return cls._date(tables['record_activity'].at)
+
+    @classmethod
+    def _columns(cls, tables, withs):
+        record_activity = tables['record_activity']
+        activity = tables['activity']
         sent = record_activity.email_sent == Literal(True)
         # A click proves an open, even when the open was not reported.
         opened = sent & (
             (record_activity.email_opened == Literal(True))
             | (record_activity.email_clicked == Literal(True)))
         clicked = sent & (record_activity.email_clicked == Literal(True))
-        return (record_activity
-            .join(activity, condition=record_activity.activity == activity.id)
-            .select(
-                Min(record_activity.id).as_('id'),
-                activity.id.as_('activity'),
-                activity.action.as_('activity_action'),
-                date,
-                Count().as_('record_count'),
-                Sum(Case((sent, 1), else_=0)).as_('email_sent'),
-                Sum(Case((opened, 1), else_=0)).as_('email_opened'),
-                Sum(Case((clicked, 1), else_=0)).as_('email_clicked'),
-                where=(record_activity.state == 'done')
-                & cls._where_date(record_activity.at),
-                group_by=[activity.id, activity.action, date]))
+        sent_count = Sum(Case((sent, 1), else_=0))
+        opened_count = Sum(Case((opened, 1), else_=0))
+        clicked_count = Sum(Case((clicked, 1), else_=0))
+        return super()._columns(tables, withs) + [
+            activity.id.as_('activity'),
+            activity.action.as_('activity_action'),
+            Count(Literal('*')).as_('record_count'),
+            sent_count.as_('email_sent'),
+            opened_count.as_('email_opened'),
+            clicked_count.as_('email_clicked'),
+            rate(opened_count, sent_count).as_('email_open_rate'),
+            rate(clicked_count, sent_count).as_('email_click_rate'),
+            rate(clicked_count, opened_count).as_(
+                'email_click_through_rate'),
+            ]
 
     @classmethod
-    def get_rate(cls, rows, names):
-        result = {n: {} for n in names}
-        for row in rows:
-            rates = {
-                'email_open_rate': _round_rate(
-                    row.email_opened, row.email_sent),
-                'email_click_rate': _round_rate(
-                    row.email_clicked, row.email_sent),
-                'email_click_through_rate': _round_rate(
-                    row.email_clicked, row.email_opened),
-                }
-            for name in names:
-                result[name][row.id] = rates[name]
-        return result
+    def _where(cls, tables, withs):
+        record_activity = tables['record_activity']
+        return (super()._where(tables, withs)
+            & (record_activity.state == 'done')
+            & cls._where_date(record_activity.at))
+
+    @classmethod
+    def _group_by(cls, tables, withs):
+        activity = tables['activity']
+        return [activity.id, activity.action] + super()._group_by(
+            tables, withs)
 
     def get_rec_name(self, name):
         return '%s @ %s' % (self.activity.rec_name, self.date)

@@ -6,8 +6,6 @@ database name and the tokens are checked for their shape before anything is
 looked up, and a GET never unsubscribes (unless configured to).  A database
 of the server without the module answers 404, and a link stored with a URL
 that cannot be followed is not followed."""
-import base64
-import binascii
 from functools import wraps
 from urllib.parse import urlencode
 
@@ -21,7 +19,7 @@ from trytond.tools import file_open
 from trytond.transaction import Transaction
 from trytond.wsgi import app
 
-from . import mailing
+from . import mailing, urls
 
 with file_open('marketing_automation/empty.gif', mode='rb') as _file:
     EMPTY_GIF = _file.read()
@@ -41,18 +39,12 @@ class DatabaseConverter(BaseConverter):
 
     def to_python(self, value):
         try:
-            value += '=' * (-len(value) % 4)
-            name = base64.urlsafe_b64decode(value.encode('ascii')).decode(
-                'utf-8')
-        except (binascii.Error, UnicodeError, ValueError):
+            return urls.decode_database(value)
+        except ValueError:
             raise ValidationError()
-        if not name or not name.isprintable():
-            raise ValidationError()
-        return name
 
     def to_url(self, value):
-        return base64.urlsafe_b64encode(
-            value.encode('utf-8')).decode('ascii').rstrip('=')
+        return urls.encode_database(value)
 
 
 app.url_map.converters['marketing_database'] = DatabaseConverter
@@ -84,14 +76,12 @@ def module_activated(func):
     return wrapper
 
 
-@app.route('/m/empty.gif', methods={'GET', 'HEAD'})
+@app.route(urls.EMPTY_GIF, methods={'GET', 'HEAD'})
 def empty_gif(request):
     return Response(EMPTY_GIF, mimetype='image/gif', headers=NO_CACHE)
 
 
-@app.route(
-    '/s/<marketing_database:database_name>/<token>',
-    methods={'GET', 'HEAD'})
+@app.route(urls.TRACKED_LINK, methods={'GET', 'HEAD'})
 @set_max_request_size(MAX_REQUEST_SIZE)
 @with_pool
 @module_activated
@@ -114,9 +104,7 @@ class _NoCacheResponse(Response):
         self.headers.update(NO_CACHE)
 
 
-@app.route(
-    '/m/<marketing_database:database_name>/unsubscribe',
-    methods={'GET', 'POST', 'HEAD'})
+@app.route(urls.UNSUBSCRIBE, methods={'GET', 'POST', 'HEAD'})
 @set_max_request_size(MAX_REQUEST_SIZE)
 @with_pool
 @module_activated

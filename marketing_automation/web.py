@@ -7,7 +7,7 @@ from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
 from trytond.transaction import Transaction
 
-from . import mailing
+from . import mailing, urls
 
 RECORD_ACTIVITY = 'marketing.automation.record.activity'
 EMAIL_OPENED = RECORD_ACTIVITY + '|on_email_opened'
@@ -37,19 +37,14 @@ class ShortenedURL(metaclass=PoolMeta):
         return super()._get_methods() + [EMAIL_OPENED, EMAIL_CLICKED]
 
     @classmethod
-    def token_url(cls, token, base, database):
-        "The URL of the tracked link with token"
-        return '%s/s/%s/%s' % (base, database, token)
-
-    @classmethod
     def get_url(cls, shortened_urls, name):
-        from .marketing_automation_email import automation_base, database_b64
-        urls = super().get_url(shortened_urls, name)
+        values = super().get_url(shortened_urls, name)
+        base, database = urls.base(), urls.database()
         for shortened in shortened_urls:
             if shortened.token:
-                urls[shortened.id] = cls.token_url(
-                    shortened.token, automation_base(), database_b64())
-        return urls
+                values[shortened.id] = urls.tracked_link_url(
+                    base, database, shortened.token)
+        return values
 
     @classmethod
     def get(cls, shortened_id):

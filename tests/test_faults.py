@@ -370,6 +370,21 @@ class FaultsTestCase(SendingTestMixin, TestCase):
         self.assertEqual(self.subjects(), ["Fine for Ann"])
         self.assertPaused("Old")
 
+    def test_template_that_never_ends(self):
+        "A template that outlasts its time limit pauses its activity"
+        self.configure({('marketing', 'render_timeout'): '0.3'})
+        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        self.start_scenario([ann], [
+                news("Endless", email_template=(
+                        '<div><py:for each="i in range(10000)">'
+                        '<py:for each="j in range(10000)"/></py:for></div>')),
+                news("Fine")])
+
+        self.run_crons()
+
+        self.assertEqual(self.subjects(), ["Fine for Ann"])
+        self.assertPaused("Endless", "too long")
+
     def test_missing_mjml_compiler(self):
         """Without an MJML compiler an MJML activity waits, and goes once
         there is one"""

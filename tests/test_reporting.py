@@ -191,6 +191,27 @@ class ReportingTestCase(TestCase):
             email_click_through_rate=1)
 
     @with_transaction()
+    def test_sort_by_rates(self):
+        "The reporting lists sort by their rates, computed by the database"
+        Reporting = Pool().get('marketing.automation.reporting.activity')
+        rates = {}
+        for name, opened in [("Low", 1), ("High", 3), ("Middle", 2)]:
+            activity = self.email_activity(name=name)
+            create_entries(
+                activity, *[sent(opened=i < opened) for i in range(4)])
+            rates[activity.id] = opened / 4
+        with Transaction().set_context(period='month'):
+            for direction, expected in [
+                    ('DESC', [0.75, 0.5, 0.25]), ('ASC', [0.25, 0.5, 0.75])]:
+                rows = Reporting.search(
+                    [('activity', 'in', list(rates))],
+                    order=[('email_open_rate', direction)])
+                self.assertEqual(
+                    [r.email_open_rate for r in rows], expected)
+                self.assertEqual(
+                    [rates[r.activity.id] for r in rows], expected)
+
+    @with_transaction()
     def test_nothing_sent_zero_rates(self):
         "An activity or a scenario with nothing sent has rates of 0"
         activity = self.email_activity()

@@ -29,7 +29,7 @@ from sql import Table
 from werkzeug.test import Client
 
 from trytond import backend, config
-from trytond.modules.marketing_automation import mailing
+from trytond.modules.marketing_automation import mailing, urls
 from trytond.pool import Pool
 from trytond.tests.test_tryton import (
     DB_NAME, TestCase, activate_module, drop_db)
@@ -472,7 +472,8 @@ class RoutesFuzzTestCase(SendingTestMixin, TestCase):
 
 def unsubscribe_path(uuid_, next_, secret):
     "The path of the unsubscribe link of uuid_ with next_ signed by secret"
-    url = mailing.unsubscribe_url(BASE, DB_NAME, uuid_, next_, secret)
+    url = urls.unsubscribe_url(
+        BASE, urls.encode_database(DB_NAME), uuid_, next_, secret)
     return url[len(BASE):]
 
 

@@ -1,0 +1,101 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The URLs of the module, each path written once.
+
+The routes (``routes.py``) are declared with the patterns of this module,
+and the emails and the tracked links build their URLs with its functions:
+
+- ``EMPTY_GIF``: the image that an open-tracking link redirects to;
+- ``TRACKED_LINK``: a tracked link, found by its token;
+- ``UNSUBSCRIBE``: the unsubscribe page of a recipient, found by the uuid
+  of their record.
+
+The database name travels in URL-safe base64 without padding, as trytond's
+own routes write it; ``base()`` gives the scheme and host the recipients
+reach, from ``[marketing] automation_base``.
+"""
+import base64
+import binascii
+import re
+from urllib.parse import urlencode, urlsplit
+
+from trytond.config import config
+from trytond.transaction import Transaction
+from trytond.url import http_host
+
+from . import mailing
+
+__all__ = [
+    'EMPTY_GIF', 'TRACKED_LINK', 'UNSUBSCRIBE', 'encode_database',
+    'decode_database', 'base', 'email_domain', 'database', 'empty_gif_url',
+    'tracked_link_url', 'unsubscribe_url']
+
+EMPTY_GIF = '/m/empty.gif'
+TRACKED_LINK = '/s/<marketing_database:database_name>/<token>'
+UNSUBSCRIBE = '/m/<marketing_database:database_name>/unsubscribe'
+
+_VARIABLE = re.compile(r'<(?:[a-z_]+:)?([a-z_]+)>')
+
+
+def _path(pattern, **values):
+    "The path of the route pattern with its variables replaced by values"
+    return _VARIABLE.sub(lambda match: values[match.group(1)], pattern)
+
+
+def encode_database(name):
+    "The name of a database as the URLs carry it"
+    return base64.urlsafe_b64encode(
+        name.encode('utf-8')).decode('ascii').rstrip('=')
+
+
+def decode_database(value):
+    """The name of the database that value carries, or ValueError when it
+    does not decode to a printable name"""
+    try:
+        value += '=' * (-len(value) % 4)
+        name = base64.urlsafe_b64decode(value.encode('ascii')).decode(
+            'utf-8')
+    except (binascii.Error, UnicodeError) as exception:
+        raise ValueError(value) from exception
+    if not name or not name.isprintable():
+        raise ValueError(value)
+    return name
+
+
+def base():
+    "The scheme and host of the URLs written into the emails"
+    base = config.get('marketing', 'automation_base')
+    if not base:
+        base = http_host()
+    return base.rstrip('/')
+
+
+def email_domain():
+    "The domain that ends the Message-ID of the emails"
+    return urlsplit(base()).hostname or 'localhost'
+
+
+def database():
+    "The name of the database of the transaction as the URLs carry it"
+    return encode_database(Transaction().database.name)
+
+
+def empty_gif_url(base):
+    return base + EMPTY_GIF
+
+
+def tracked_link_url(base, database, token):
+    "The URL of the tracked link of token; database is encoded"
+    return base + _path(TRACKED_LINK, database_name=database, token=token)
+
+
+def unsubscribe_url(base, database, uuid, next=None, secret=None):
+    """The unsubscribe URL of the record uuid; database is encoded
+
+    next is signed with secret so that the route may follow it."""
+    query = {'r': uuid}
+    if next:
+        query['next'] = next
+        query['s'] = mailing.sign(secret, uuid, next)
+    return '%s%s?%s' % (
+        base.rstrip('/'), _path(UNSUBSCRIBE, database_name=database),
+        urlencode(query))
