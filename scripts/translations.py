@@ -12,6 +12,8 @@ each new string (fuzzy where trytond suggests a translation) and loses the
 strings that are gone.
 The entries left to translate are listed: untranslated, fuzzy, or whose
 placeholders differ from the source.
+The languages are those of the files of the locale directory: a new
+language starts as a file with the header of the others.
 
 With --check nothing is written, the obsolete entries are listed too, and
 the exit status is 1 when anything is listed.
@@ -29,7 +31,10 @@ import polib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = 'marketing_automation'
 LOCALE = os.path.join(ROOT, MODULE, 'locale')
-LANGUAGES = ['fr', 'de', 'es']
+# the languages are those of the locale files: to add one, create its file
+# with the header of the others
+LANGUAGES = sorted(
+    name[:-len('.po')] for name in os.listdir(LOCALE) if name.endswith('.po'))
 DATABASE = 'translations'
 PLACEHOLDER = re.compile(r'%(?:\([^)]*\))?[-#0 +]*\d*(?:\.\d+)?[a-zA-Z%]')
 
