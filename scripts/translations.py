@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Bring the locale files of the module up to date with its strings
 
-    .venv/bin/python scripts/translations.py [--check]
+    .venv/bin/python scripts/translations.py [--check] [LANG ...]
 
 The module, with sale, is activated in a throwaway SQLite database with its
 locale files loaded, and trytond's own wizards collect every translatable
@@ -123,12 +123,16 @@ def main(argv=None):
     parser.add_argument(
         '--check', action='store_true',
         help="only list what is missing or wrong, write nothing")
+    parser.add_argument(
+        'languages', nargs='*', metavar='LANG',
+        help="the languages to update or check (default: all)")
     args = parser.parse_args(argv)
+    languages = args.languages or LANGUAGES
 
     with tempfile.TemporaryDirectory(prefix='ma-translations-') as directory:
         exported = export(activate(directory))
     failed = False
-    for code in LANGUAGES:
+    for code in languages:
         path = os.path.join(LOCALE, f'{code}.po')
         current = polib.pofile(path, wrapwidth=78, klass=type(exported[code]))
         merged, obsolete = merge(current, exported[code])
