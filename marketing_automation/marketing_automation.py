@@ -1272,9 +1272,24 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 where=(table.state == 'waiting')
                 & (table.at != Null) & (table.at <= now)
                 & ~cls.in_progress(table) & running
-                & Activity.runnable(activity, now),
+                & Activity.runnable(activity, now)
+                & cls._due_where(table, now),
                 order_by=[table.id.asc]))
         queue(cls.__queue__.do, [i for i, in cursor])
+
+    @classmethod
+    def _due_where(cls, table, now):
+        """The SQL condition on the entries of table that they may be done
+        at now, beside being waiting and past their time: override it to
+        hold entries back"""
+        return Literal(True)
+
+    @classmethod
+    def _filter_due(cls, due, now):
+        """The entries of due ({activity id: [Entry, …]}, locked) that are
+        to be done now: override it to hold some back (they stay waiting)
+        or to settle them otherwise"""
+        return due
 
     @classmethod
     def do(cls, record_activities, **kwargs):
@@ -1307,6 +1322,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             if (state == 'waiting' and at is not None and at <= now
                     and not blocked and scenario_state == 'running'):
                 due[activity_id].append(Entry(id_, record_id, reference))
+        due = {a: es for a, es in cls._filter_due(due, now).items() if es}
         if due:
             # A worker waiting for these locks reads with a snapshot older
             # than this work: a lock alone would let it do the entries

@@ -1215,3 +1215,14 @@ class Secret(ModelSQL):
 class Unsubscribe(Report):
     "The page of a recipient who unsubscribes, in their language"
     __name__ = 'marketing.automation.unsubscribe'
+
+    @classmethod
+    def get_context(cls, records, header, data):
+        pool = Pool()
+        Lang = pool.get('ir.lang')
+        context = super().get_context(records, header, data)
+        lang = Lang.get()
+        # a right-to-left language (Persian) reads its page from the right
+        context['page_language'] = lang.code.replace('_', '-')
+        context['page_direction'] = lang.direction or 'ltr'
+        return context

@@ -5,7 +5,8 @@ import os
 import lxml.html
 
 from trytond.modules import marketing_automation
-from trytond.modules.marketing_automation.exceptions import DomainError
+from trytond.modules.marketing_automation.exceptions import (
+    DomainError, TemplateError)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import (
     TestCase, activate_module, with_transaction)
@@ -38,6 +39,26 @@ LANGUAGES = {
 def page_text(content):
     return ' '.join(
         lxml.html.document_fromstring(content).text_content().split())
+
+
+def locale_entries(code):
+    """The translations of the messages of the locale file of code, by
+    'text:<message id>'"""
+    import polib
+    path = os.path.join(
+        os.path.dirname(marketing_automation.__file__), 'locale',
+        '%s.po' % code)
+    return {
+        e.msgctxt.split(',', 1)[-1]: e.msgstr
+        for e in polib.pofile(path)
+        if e.msgctxt.startswith('model:ir.message,')}
+
+
+def locale_codes():
+    return sorted(
+        name[:-len('.po')] for name in os.listdir(os.path.join(
+                os.path.dirname(marketing_automation.__file__), 'locale'))
+        if name.endswith('.po'))
 
 
 class TranslationTestCase(TestCase):
@@ -97,6 +118,73 @@ class TranslationTestCase(TestCase):
                 self.assertNotIn("Unsubscribe me", confirm)
                 self.assertIn(texts['done'], done)
                 self.assertNotIn(texts['button'], done)
+
+    @with_transaction()
+    def test_every_language_unsubscribe_pages(self):
+        """The unsubscribe pages of every language of the module show its
+        own texts, in the direction of the language"""
+        codes = locale_codes()
+        self.assertGreaterEqual(len(codes), 3)
+        english = {
+            'button': "Unsubscribe me",
+            'confirm': "Do you want to stop receiving these emails?",
+            'done': "You are unsubscribed.",
+            }
+        for code in codes:
+            with self.subTest(language=code):
+                texts = locale_entries(code)
+                record = self.create_record(self.load(code))
+                confirm = self.render(record, 'confirm')
+                done = self.render(record, 'done')
+                button = texts['text:msg_unsubscribe_button']
+                self.assertTrue(button)
+                self.assertIn(' '.join(button.split()), confirm)
+                self.assertIn(' '.join(
+                        texts['text:msg_unsubscribe_confirm'].split()),
+                    confirm)
+                self.assertIn(' '.join(
+                        texts['text:msg_unsubscribe_done'].split()), done)
+                for text in english.values():
+                    self.assertNotIn(text, confirm + done)
+                direction = self.direction(record, 'done')
+                self.assertEqual(
+                    direction, 'rtl' if code == 'fa' else 'ltr')
+
+    def direction(self, record, action):
+        Unsubscribe = Pool().get(
+            'marketing.automation.unsubscribe', type='report')
+        with Transaction().set_context(language=record.language):
+            _, content, _, _ = Unsubscribe.execute(
+                [record.id], {'action': action, 'url': '/unsubscribe'})
+        return lxml.html.document_fromstring(content).get('dir')
+
+    @with_transaction()
+    def test_every_language_refused_template(self):
+        "A refused template is explained in every language of the module"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        for code in locale_codes():
+            with self.subTest(language=code):
+                self.load(code)
+                text = locale_entries(code)[
+                    'text:msg_activity_invalid_email_template']
+                start = text.split('%(')[0]
+                with Transaction().set_context(language=code):
+                    with self.assertRaises(TemplateError) as raised:
+                        Scenario.create([{
+                                    'name': "Broken",
+                                    'activities': [('create', [{
+                                                    'name': "Email",
+                                                    'action': 'send_email',
+                                                    'email_title': "Hi",
+                                                    'email_template': (
+                                                        '<p>${record.'
+                                                        '__class__}</p>'),
+                                                    }])],
+                                    }])
+                message = raised.exception.message
+                self.assertIn(start, message)
+                self.assertIn("__class__", message)
 
     @with_transaction()
     def test_invalid_domain_message(self):
