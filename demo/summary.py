@@ -9,10 +9,12 @@ It reads the database read-only every few seconds and shows, for each
 scenario, its records and how many are blocked (unsubscribed), and for each
 activity the entries waiting (for their time or their event; those of
 blocked records never run and are left out), done and cancelled, the emails
-sent, opened and clicked, and the errors (for example a party without an
-email address).  On a terminal the summary is redrawn in place;
+sent, opened and clicked, and the errors, told by kind under the table: the
+parties without an email address (the demo has one, which is expected) and
+the others by their text.  On a terminal the summary is redrawn in place;
 otherwise it is printed again only when a number changes."""
 import argparse
+import collections
 import datetime
 import os
 import sqlite3
@@ -79,6 +81,7 @@ def read(connection):
                 'activities': activities(
                     cursor, 'marketing.automation.scenario,%s' % scenario_id,
                     now),
+                'errors': errors(cursor, scenario_id),
                 })
     cursor.execute(
         "SELECT COUNT(*) FROM marketing_automation_email "
@@ -140,6 +143,49 @@ def activities(cursor, parent, now, depth=0):
     return result
 
 
+def errors(cursor, scenario_id):
+    """The errors of the entries of the scenario by kind: the names of the
+    parties without an email address, and the count of each other error"""
+    cursor.execute(
+        "SELECT a.error, r.record "
+        "FROM marketing_automation_record_activity AS a "
+        "JOIN marketing_automation_record AS r ON r.id = a.record "
+        "WHERE r.scenario = ? AND a.error IS NOT NULL AND a.error != '' "
+        "ORDER BY a.id", (scenario_id,))
+    no_address, others = [], collections.Counter()
+    for error, record in cursor.fetchall():
+        party = party_of(cursor, record)
+        if party and not has_email(cursor, party[0]):
+            no_address.append(party[1])
+        else:
+            others[error.strip().splitlines()[0]] += 1
+    return {'no_address': no_address, 'others': others}
+
+
+def party_of(cursor, record):
+    "The id and name of the party of a record of a scenario, or None"
+    model, _, id_ = (record or '').partition(',')
+    if model == 'sale.sale':
+        try:
+            cursor.execute('SELECT party FROM sale_sale WHERE id = ?', (id_,))
+        except sqlite3.OperationalError:
+            return None
+        row = cursor.fetchone()
+        model, id_ = 'party.party', row[0] if row else None
+    if model != 'party.party' or id_ is None:
+        return None
+    cursor.execute('SELECT id, name FROM party_party WHERE id = ?', (id_,))
+    return cursor.fetchone()
+
+
+def has_email(cursor, party_id):
+    cursor.execute(
+        "SELECT 1 FROM party_contact_mechanism WHERE party = ? "
+        "AND type = 'email' AND active AND COALESCE(value, '') != '' "
+        "LIMIT 1", (party_id,))
+    return cursor.fetchone() is not None
+
+
 def mails(folder):
     try:
         return sorted(n for n in os.listdir(folder) if n.endswith('.eml'))
@@ -176,6 +222,9 @@ def render(data, folder):
                 lines.append('  %s  (%s)' % (
                         '  ' * activity['depth'], ', '.join(notes)))
             key.append(tuple(counts.values()))
+        lines.extend(error_lines(scenario['errors']))
+        key.append((tuple(scenario['errors']['no_address']),
+                tuple(sorted(scenario['errors']['others'].items()))))
     saved = mails(folder)
     key.append((data['pending'], len(saved)))
     status = 'mails saved: %s' % len(saved)
@@ -190,6 +239,22 @@ def render(data, folder):
     for name in saved[-3:]:
         lines.append('    ' + name)
     return lines, key
+
+
+def error_lines(errors):
+    "The errors of a scenario by kind, for the lines under its table"
+    lines = []
+    names = errors['no_address']
+    if names:
+        lines.append('  errors: %s expected, the %s without an email address '
+            '(%s)' % (len(names),
+                'party' if len(set(names)) == 1 else 'parties',
+                ', '.join(sorted(set(names)))))
+    for text, count in sorted(errors['others'].items()):
+        if len(text) > 100:
+            text = text[:99] + '…'
+        lines.append('  errors: %s to look at: %s' % (count, text))
+    return lines
 
 
 def main(argv=None):

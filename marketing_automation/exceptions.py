@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
+from trytond.exceptions import UserError
 from trytond.model.exceptions import ValidationError
 
 
@@ -25,3 +26,11 @@ class ActivityFault(Exception):
     def __init__(self, message):
         super().__init__(message)
         self.message = message
+
+
+class PreviewError(UserError):
+    "A preview or a test email that a marketer asked for cannot be done"
+
+
+class SendWindowError(ValidationError):
+    pass

@@ -16,7 +16,9 @@ what each stands for, in placeholder order:
 - ``Link(CLICK, url)``: a tracked link that redirects to ``url``;
 - ``Link(UNSUBSCRIBE, next)``: the unsubscribe URL, with the ``next`` of
   ``unsubscribe|NEXT`` or None;
-- ``Link(OPEN, None)``: the 1×1 image that records an open.
+- ``Link(OPEN, None)``: the 1×1 image that records an open;
+- ``Link(TRAP, None)``: with ``render(…, trap=True)``, a link that no person
+  can see nor reach, which only the link scanners follow.
 
 So the engine renders a whole batch, creates the short links of all its
 recipients together, and then puts each URL in place with one string
@@ -77,7 +79,7 @@ except ImportError:
 
 __all__ = [
     'TemplateError', 'RenderError', 'Templates', 'Rendered', 'Link',
-    'CLICK', 'UNSUBSCRIBE', 'OPEN',
+    'CLICK', 'UNSUBSCRIBE', 'OPEN', 'TRAP',
     'compile_title', 'compile_body', 'compile_templates', 'check_title',
     'check_body', 'render', 'fill',
     'format_recipient', 'check_sender', 'message_id', 'build_message',
@@ -85,7 +87,7 @@ __all__ = [
     'sign', 'verify', 'checked_next',
     'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline']
 
-CLICK, UNSUBSCRIBE, OPEN = 'click', 'unsubscribe', 'open'
+CLICK, UNSUBSCRIBE, OPEN, TRAP = 'click', 'unsubscribe', 'open', 'trap'
 
 Templates = namedtuple('Templates', ['title', 'body'])
 Rendered = namedtuple('Rendered', ['subject', 'html', 'text', 'links'])
@@ -220,8 +222,9 @@ _PLACEHOLDER_RE = re.compile(re.escape(_PLACEHOLDER) + r'(\d+)')
 _UNTRACKED_SCHEMES = {'mailto', 'tel', 'sms'}
 
 
-def render(templates, context, timeout=None):
-    """Return the Rendered subject and HTML for one recipient
+def render(templates, context, timeout=None, trap=False):
+    """Return the Rendered subject and HTML for one recipient, with the
+    trap link of the scanners if trap
 
     Raise RenderError when the templates fail with this context, or take
     more than timeout seconds."""
@@ -233,7 +236,7 @@ def render(templates, context, timeout=None):
             subject = templates.title.generate(**context).render(
                 'text', encoding=None)
             events = list(templates.body.generate(**context) | partial(
-                    _track, links))
+                    _track, links, trap=trap))
             html = Stream(events).render('html', encoding=None)
             text = _text(events)
     except Exception as exception:
@@ -280,8 +283,25 @@ def _pixel(links, pos):
     yield END, QName('img'), pos
 
 
-def _track(links, stream):
-    "Rewrite the links of the stream and add the open-tracking image"
+def _trap(links, pos):
+    """The link that only scanners follow: hidden from the eyes
+    (display:none, hidden), the keyboard (tabindex) and screen readers
+    (aria-hidden), and without text"""
+    href = _placeholder(links, TRAP, None)
+    attrs = Attrs([
+            (QName('href'), href),
+            (QName('hidden'), 'hidden'),
+            (QName('tabindex'), '-1'),
+            (QName('aria-hidden'), 'true'),
+            (QName('style'), 'display:none'),
+            ])
+    yield START, (QName('a'), attrs), pos
+    yield END, QName('a'), pos
+
+
+def _track(links, stream, trap=False):
+    """Rewrite the links of the stream and add the open-tracking image (and
+    the trap link with trap)"""
     pixel_added = False
     pos = (None, -1, -1)
     for kind, data, pos in stream:
@@ -293,10 +313,14 @@ def _track(links, stream):
         elif (kind is END and data.localname == 'body'
                 and not pixel_added):
             yield from _pixel(links, pos)
+            if trap:
+                yield from _trap(links, pos)
             pixel_added = True
         yield kind, data, pos
     if not pixel_added:
         yield from _pixel(links, pos)
+        if trap:
+            yield from _trap(links, pos)
 
 
 def fill(content, urls, quote=True):
@@ -459,10 +483,14 @@ def _text(events):
     parts = []
     links = []
     hidden = 0
+    # whether each open element hides its content
+    hiding = []
     for kind, data, _ in events:
         if kind is START:
             name = data[0].localname
-            if name in _HIDDEN:
+            hiding.append(
+                name in _HIDDEN or data[1].get('aria-hidden') == 'true')
+            if hiding[-1]:
                 hidden += 1
             elif hidden:
                 continue
@@ -480,7 +508,7 @@ def _text(events):
                 parts.append(_LINE)
         elif kind is END:
             name = data.localname
-            if name in _HIDDEN:
+            if hiding and hiding.pop():
                 hidden -= 1
             elif hidden:
                 continue

@@ -391,15 +391,17 @@ class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
 
     @classmethod
     def get_trend(cls, scenarios, name):
+        "The sparkline of the rate that name is the trend of"
         pool = Pool()
         Reporting = pool.get('marketing.automation.reporting.scenario')
         starts, period = _trend_periods()
+        rate = name[:-len('_trend')]
         series = Reporting.series(
-            'scenario', [s.id for s in scenarios], ['block_rate'],
+            'scenario', [s.id for s in scenarios], [rate],
             period, starts[0])
         return {
             s: mailing.sparkline([
-                    rows[d]['block_rate'] if d in rows else 0
+                    rows[d][rate] if d in rows else 0
                     for d in starts])
             for s, rows in series.items()}
 
@@ -1435,13 +1437,19 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             Activity(activity_id).enter_children(entries)
 
     @classmethod
-    def set_cancelled(cls, where):
+    def set_cancelled(cls, where, error=None):
         """Cancel the waiting entries of the table of the record activities
-        (its columns as cls.__table__() names them) that match where"""
+        (its columns as cls.__table__() names them) that match where, with
+        the error that says why, if any"""
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
+        columns = [table.state, table.write_date]
+        values = ['cancelled', _now()]
+        if error:
+            columns.append(table.error)
+            values.append(error)
         cursor.execute(*table.update(
-                [table.state, table.write_date], ['cancelled', _now()],
+                columns, values,
                 where=(table.state == 'waiting') & where(table)))
 
     @classmethod

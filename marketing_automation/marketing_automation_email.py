@@ -52,7 +52,7 @@ from .exceptions import ActivityFault, TemplateError
 from .marketing_automation import (
     Entry, Outcome, _round_rate, marketing_parties)
 from .tools import for_update, queue, quick_commits
-from .web import EMAIL_CLICKED, EMAIL_OPENED, RECORD_ACTIVITY
+from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
 
 logger = logging.getLogger(__name__)
 
@@ -501,15 +501,14 @@ class EmailBatch:
                 templates, recipient.record, recipient.language)
             to = mailing.format_recipient(recipient.name, recipient.address)
             urls_ = self._urls(entry_id, recipient.uuid, rendered.links)
-            message_id = mailing.message_id(
-                '%s.%s' % (recipient.uuid, self.activity.id), self.domain)
+            subject = self._subject(rendered.subject)
+            message_id = self._message_id(recipient)
             message = mailing.build_message(
-                sender, to, rendered.subject,
+                sender, to, subject,
                 mailing.fill(rendered.html, urls_),
                 mailing.fill(rendered.text, urls_, quote=False),
                 message_id=message_id,
-                unsubscribe=urls.unsubscribe_url(
-                    self.base, self.database, recipient.uuid),
+                unsubscribe=self._unsubscribe_url(recipient),
                 language=recipient.language,
                 headers=activity.email_headers(recipient.record))
         except (mailing.RenderError, ValueError) as exception:
@@ -518,9 +517,29 @@ class EmailBatch:
                 exception=exception)
             del self.links[first_link:]
             return
+        self._keep(entry_id, message_id, sender, to, subject, message)
+
+    # The trial of a marketer (marketing_automation_preview.py) overrides
+    # these: a test email has its own subject, Message-ID and unsubscribe
+    # link, and stays out of the outbox.
+
+    def _subject(self, subject):
+        "The subject of the email whose title rendered as subject"
+        return subject
+
+    def _message_id(self, recipient):
+        return mailing.message_id(
+            '%s.%s' % (recipient.uuid, self.activity.id), self.domain)
+
+    def _unsubscribe_url(self, recipient):
+        "The one-click unsubscribe URL of the List-Unsubscribe header"
+        return urls.unsubscribe_url(self.base, self.database, recipient.uuid)
+
+    def _keep(self, entry_id, message_id, sender, to, subject, message):
+        "Keep the message of the entry for the outbox"
         self.emails.append([
                 Transaction().user, self.now, entry_id, message_id,
-                _address(sender), _address(to), to, rendered.subject,
+                _address(sender), _address(to), to, subject,
                 message, 'pending', 0, self.now])
 
     def _urls(self, entry_id, uuid, links):
@@ -538,6 +557,8 @@ class EmailBatch:
             token = mailing.new_token()
             if link.kind == mailing.OPEN:
                 redirect, method = urls.empty_gif_url(self.base), EMAIL_OPENED
+            elif link.kind == mailing.TRAP:
+                redirect, method = urls.empty_gif_url(self.base), EMAIL_TRAP
             else:
                 redirect, method = link.url, EMAIL_CLICKED
             self.links.append(
@@ -613,6 +634,9 @@ class _Renderer:
             activity.create_uid.id if activity.create_uid else 0) or 1
         self.timeout = config.getfloat(
             'marketing', 'render_timeout', default=10) or None
+        # the link that only scanners follow, for the event ledger
+        self.trap = config.getboolean(
+            'marketing', 'event_trap', default=True)
 
     def render(self, templates, record, language):
         """The Rendered email of record, or RenderError for this recipient,
@@ -622,7 +646,8 @@ class _Renderer:
             with Transaction().set_user(self.author):
                 context = self._context(record, language)
                 return mailing.render(
-                    templates, context, timeout=self.timeout)
+                    templates, context, timeout=self.timeout,
+                    trap=self.trap)
         except mailing.RenderError as exception:
             if exception.fault:
                 raise ActivityFault(gettext(

@@ -215,7 +215,7 @@ class Scenario(Abstract):
     @classmethod
     def _columns(cls, tables, withs):
         record = tables['record']
-        count = Count(Literal('*'))
+        count = Count()
         blocked = Sum(Case((record.blocked, 1), else_=0))
         return super()._columns(tables, withs) + [
             record.scenario.as_('scenario'),
@@ -317,7 +317,7 @@ class Activity(Abstract):
         return super()._columns(tables, withs) + [
             activity.id.as_('activity'),
             activity.action.as_('activity_action'),
-            Count(Literal('*')).as_('record_count'),
+            Count().as_('record_count'),
             sent_count.as_('email_sent'),
             opened_count.as_('email_opened'),
             clicked_count.as_('email_clicked'),

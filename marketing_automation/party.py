@@ -2,6 +2,7 @@
 from trytond.model import ModelSQL, fields
 from trytond.pool import PoolMeta
 
+from .marketing_automation_window import TIMEZONES
 from .mixin import MarketingAutomationMixin
 
 
@@ -12,6 +13,10 @@ class Party(MarketingAutomationMixin, metaclass=PoolMeta):
         'party.party-unsubscribed-marketing.automation.scenario',
         'party', 'scenario', "Unsubscribed Scenarios",
         help="The scenarios this party does not want to receive emails of.")
+    marketing_timezone = fields.Selection(
+        TIMEZONES, "Time Zone", translate=False,
+        help="The time zone in which the send windows of the scenarios "
+        "open for this party.")
 
     def get_marketing_party(self, name):
         return self.id

@@ -20,6 +20,8 @@ from trytond.transaction import Transaction
 from trytond.wsgi import app
 
 from . import mailing, urls
+from .marketing_automation_preview import PreviewRefused
+from .marketing_automation_event import Visitor
 
 with file_open('marketing_automation/empty.gif', mode='rb') as _file:
     EMPTY_GIF = _file.read()
@@ -89,11 +91,14 @@ def empty_gif(request):
 def tracked_link(request, pool, token):
     ShortenedURL = pool.get('web.shortened_url')
     # Scanners probe links with HEAD: it must not count as a visit.
-    visit = ShortenedURL.visit(token, count=request.method == 'GET')
+    visit = ShortenedURL.visit(
+        token, count=request.method == 'GET',
+        visitor=Visitor(
+            request.headers.get('User-Agent'), request.remote_addr))
     if visit is None:
         abort(HTTPStatus.NOT_FOUND)
     url, method = visit
-    if method and method.endswith('|on_email_opened'):
+    if method and method.endswith(('|on_email_opened', '|on_email_trap')):
         return redirect(url, code=HTTPStatus.FOUND, Response=_NoCacheResponse)
     return redirect(url, code=HTTPStatus.MOVED_PERMANENTLY)
 
@@ -153,6 +158,76 @@ def unsubscribe(request, pool):
             language=record.language or config.get(
                 'database', 'language', default='en')):
         _, content, _, _ = Unsubscribe.execute([record.id], data)
+    return Response(content, mimetype='text/html', headers={
+            'Cache-Control': 'no-store',
+            'X-Robots-Tag': 'noindex',
+            })
+
+
+# What a marketer sees before the recipients (marketing_automation_preview.py)
+# changes nothing.
+PREVIEW_HEADERS = {
+    'Cache-Control': 'no-store',
+    'X-Robots-Tag': 'noindex',
+    # the token must not leave with a click on a link of the email
+    'Referrer-Policy': 'no-referrer',
+    'X-Content-Type-Options': 'nosniff',
+    # the HTML is a marketer's: no script, no form, not the server's origin
+    'Content-Security-Policy': (
+        "sandbox allow-popups allow-popups-to-escape-sandbox; "
+        "default-src 'none'; img-src http: https: data:; "
+        "style-src 'unsafe-inline' http: https:; font-src http: https: data:; "
+        "frame-ancestors 'none'"),
+    }
+
+
+@app.route(urls.PREVIEW, methods={'GET', 'HEAD'})
+@set_max_request_size(MAX_REQUEST_SIZE)
+@with_pool
+@module_activated
+@with_transaction(readonly=True)
+def preview(request, pool):
+    Preview = pool.get('marketing.automation.activity.preview', type='wizard')
+    try:
+        status, html = Preview.preview_page(request.args.get('t'))
+    except PreviewRefused as refused:
+        abort(refused.status)
+    return Response(
+        html, status=status, mimetype='text/html', headers=PREVIEW_HEADERS)
+
+
+@app.route(urls.TEST_UNSUBSCRIBE, methods={'GET', 'POST', 'HEAD'})
+@set_max_request_size(MAX_REQUEST_SIZE)
+@with_pool
+@module_activated
+@with_transaction(readonly=True)
+def test_unsubscribe(request, pool):
+    "The unsubscribe pages of a test email, saying so; nobody unsubscribes"
+    Preview = pool.get('marketing.automation.activity.preview', type='wizard')
+    Unsubscribe = pool.get('marketing.automation.unsubscribe', type='report')
+    token = request.args.get('t')
+    try:
+        language, next_ = Preview.test_unsubscribe_link(token)
+    except PreviewRefused as refused:
+        abort(refused.status)
+    if request.method == 'HEAD':
+        return Response(status=HTTPStatus.OK, mimetype='text/html')
+    acting = (request.method == 'POST'
+        or not config.getboolean(
+            'marketing', 'unsubscribe_confirm', default=True))
+    if (acting and request.method == 'POST'
+            and request.form.get('List-Unsubscribe') == 'One-Click'):
+        return Response(
+            'Test: nothing changed', status=HTTPStatus.OK,
+            mimetype='text/plain')
+    data = {
+        'action': 'done' if acting else 'confirm',
+        'url': '%s?%s' % (request.path, urlencode({'t': token})),
+        'test': True,
+        'next': next_,
+        }
+    with Transaction().set_context(language=language):
+        _, content, _, _ = Unsubscribe.execute([], data)
     return Response(content, mimetype='text/html', headers={
             'Cache-Control': 'no-store',
             'X-Robots-Tag': 'noindex',

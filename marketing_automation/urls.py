@@ -7,7 +7,11 @@ and the emails and the tracked links build their URLs with its functions:
 - ``EMPTY_GIF``: the image that an open-tracking link redirects to;
 - ``TRACKED_LINK``: a tracked link, found by its token;
 - ``UNSUBSCRIBE``: the unsubscribe page of a recipient, found by the uuid
-  of their record.
+  of their record;
+- ``PREVIEW``: the HTML of an email previewed by a marketer, found by a
+  signed token;
+- ``TEST_UNSUBSCRIBE``: the unsubscribe page of a test email, which changes
+  nothing.
 
 The database name travels in URL-safe base64 without padding, as trytond's
 own routes write it; ``base()`` gives the scheme and host the recipients
@@ -27,11 +31,14 @@ from . import mailing
 __all__ = [
     'EMPTY_GIF', 'TRACKED_LINK', 'UNSUBSCRIBE', 'encode_database',
     'decode_database', 'base', 'email_domain', 'database', 'empty_gif_url',
-    'tracked_link_url', 'unsubscribe_url']
+    'tracked_link_url', 'unsubscribe_url', 'PREVIEW', 'TEST_UNSUBSCRIBE',
+    'preview_url', 'test_unsubscribe_url']
 
 EMPTY_GIF = '/m/empty.gif'
 TRACKED_LINK = '/s/<marketing_database:database_name>/<token>'
 UNSUBSCRIBE = '/m/<marketing_database:database_name>/unsubscribe'
+PREVIEW = '/m/<marketing_database:database_name>/preview'
+TEST_UNSUBSCRIBE = '/m/<marketing_database:database_name>/unsubscribe/test'
 
 _VARIABLE = re.compile(r'<(?:[a-z_]+:)?([a-z_]+)>')
 
@@ -99,3 +106,17 @@ def unsubscribe_url(base, database, uuid, next=None, secret=None):
     return '%s%s?%s' % (
         base.rstrip('/'), _path(UNSUBSCRIBE, database_name=database),
         urlencode(query))
+
+
+def preview_url(base, database, token):
+    "The URL of the preview of token; database is encoded"
+    return '%s%s?%s' % (
+        base.rstrip('/'), _path(PREVIEW, database_name=database),
+        urlencode({'t': token}))
+
+
+def test_unsubscribe_url(base, database, token):
+    "The unsubscribe URL of a test email of token; database is encoded"
+    return '%s%s?%s' % (
+        base.rstrip('/'), _path(TEST_UNSUBSCRIBE, database_name=database),
+        urlencode({'t': token}))

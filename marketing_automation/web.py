@@ -12,6 +12,14 @@ from . import mailing, urls
 RECORD_ACTIVITY = 'marketing.automation.record.activity'
 EMAIL_OPENED = RECORD_ACTIVITY + '|on_email_opened'
 EMAIL_CLICKED = RECORD_ACTIVITY + '|on_email_clicked'
+# the link that only scanners follow: it fires nothing
+EMAIL_TRAP = RECORD_ACTIVITY + '|on_email_trap'
+# the kind of request in the event ledger of each method
+EVENT_KINDS = {
+    EMAIL_OPENED: 'open',
+    EMAIL_CLICKED: 'click',
+    EMAIL_TRAP: 'trap',
+    }
 
 
 class ShortenedURL(metaclass=PoolMeta):
@@ -34,7 +42,8 @@ class ShortenedURL(metaclass=PoolMeta):
 
     @classmethod
     def _get_methods(cls):
-        return super()._get_methods() + [EMAIL_OPENED, EMAIL_CLICKED]
+        return super()._get_methods() + [
+            EMAIL_OPENED, EMAIL_CLICKED, EMAIL_TRAP]
 
     @classmethod
     def get_url(cls, shortened_urls, name):
@@ -63,14 +72,16 @@ class ShortenedURL(metaclass=PoolMeta):
         return shortened
 
     @classmethod
-    def visit(cls, token, count=True):
+    def visit(cls, token, count=True, visitor=None):
         """Follow the tracked link of token.
 
         Returns its redirect URL and its method, or None when no link has
         this token or when its URL cannot be followed.  With count, the
-        visit is recorded and the link's event fired."""
+        visit is recorded, and the request of visitor (a Visitor) written in
+        the event ledger, which decides what it fires."""
         pool = Pool()
         URLAccess = pool.get('web.shortened_url.access')
+        Event = pool.get('marketing.automation.event')
         if not mailing.is_token(token):
             return None
         table = cls.__table__()
@@ -91,7 +102,11 @@ class ShortenedURL(metaclass=PoolMeta):
             cursor.execute(*access.insert(
                     [access.create_uid, access.create_date, access.url],
                     [[transaction.user, datetime.datetime.now(), url_id]]))
-            if record and method:
+            if record and method in EVENT_KINDS:
+                _, record_id = record.split(',')
+                Event.record(
+                    url_id, int(record_id), EVENT_KINDS[method], visitor)
+            elif record and method:
                 model, method_name = method.split('|')
                 record_model, record_id = record.split(',')
                 if model == record_model:

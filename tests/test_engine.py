@@ -1,7 +1,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The engine seen by a marketer: who enters a scenario, when each activity
-runs, what the email events change, and what is refused on save."""
+runs, what the email events change, and what is refused on save.
+
+The tests of the email events send their emails for real: the crons run in
+committed transactions, a real SMTP server on the loopback accepts the
+messages, and the recipients open and click them over HTTP."""
 import datetime as dt
+
+from werkzeug.test import Client
 
 from trytond import backend
 from trytond.i18n import gettext
@@ -11,15 +17,22 @@ from trytond.modules.marketing_automation.exceptions import (
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval, PYSONEncoder
 from trytond.tests.test_tryton import (
-    CONTEXT, DB_NAME, USER, ModuleTestCase, with_transaction)
+    CONTEXT, DB_NAME, USER, TestCase, activate_module, drop_db,
+    with_transaction)
 from trytond.transaction import Transaction
+from trytond.wsgi import app
 
-from .tools import committed, override_config
+from .test_email import BASE, SENDER, Mail, inspecting
+from .tools import (
+    SendingTestMixin, SMTPServer, committed, decide_events, human_request,
+    override_config)
 
 EMAIL = {
     'action': 'send_email',
     'email_title': "Hello ${record.name}",
-    'email_template': '<p>Hello</p>',
+    'email_template': (
+        '<p>Hello</p>'
+        '<p><a href="https://shop.example.com/">Visit our shop</a></p>'),
     }
 
 
@@ -39,12 +52,21 @@ def create_parties(*names, **values):
     return Party.create([{'name': n, **values} for n in names])
 
 
+def address(name):
+    "The email address of the recipient name"
+    return '%s@example.com' % name.lower()
+
+
 def create_recipients(*names):
-    "Parties with an email address"
-    return create_parties(*names, contact_mechanisms=[('create', [{
-                        'type': 'email',
-                        'value': 'customer@example.com',
-                        }])])
+    "Parties with an email address of their own"
+    Party = Pool().get('party.party')
+    return Party.create([{
+                'name': name,
+                'contact_mechanisms': [('create', [{
+                                'type': 'email',
+                                'value': address(name),
+                                }])],
+                } for name in names])
 
 
 def create_scenario(parties, activities, state='running', **values):
@@ -98,36 +120,35 @@ def make_due(*record_activities):
             })
 
 
-def email_tree():
-    "An email whose children wait for its events"
+def email_tree(suffix=''):
+    "An email whose children wait for its events; suffix ends every name"
     return [{
-            'name': "Email",
+            'name': "Email" + suffix,
             **EMAIL,
             'children': [('create', [{
-                            'name': "Opened",
+                            'name': "Opened" + suffix,
                             'on': 'email_opened',
                             'delay': dt.timedelta(hours=1),
                             }, {
-                            'name': "Not opened",
+                            'name': "Not opened" + suffix,
                             'on': 'email_opened_not',
                             'delay': dt.timedelta(days=2),
                             }, {
-                            'name': "Clicked",
+                            'name': "Clicked" + suffix,
                             'on': 'email_clicked',
                             }, {
-                            'name': "Not clicked",
+                            'name': "Not clicked" + suffix,
                             'on': 'email_clicked_not',
                             'delay': dt.timedelta(days=3),
                             }, {
-                            'name': "Follow-up",
+                            'name': "Follow-up" + suffix,
                             'delay': dt.timedelta(days=1),
                             }])],
             }]
 
 
-class MarketingAutomationEngineTestCase(ModuleTestCase):
-    "Marketing automation engine"
-    module = 'marketing_automation'
+class TimeAssertions:
+    "What the test cases of the engine assert of the times of the entries"
 
     def assertAtAfter(self, at, before, after, delay=dt.timedelta()):
         "Assert at is now + delay, now being between before and after"
@@ -137,6 +158,17 @@ class MarketingAutomationEngineTestCase(ModuleTestCase):
         self.assertGreaterEqual(at, before + delay - second)
         self.assertLessEqual(at, after + delay + second)
 
+
+class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
+    "Marketing automation engine"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        drop_db()
+        cls.addClassCleanup(drop_db)
+        activate_module('marketing_automation')
+
     def assertRefused(self, exception_class, function, *names):
         "Assert that function raises exception_class naming names"
         with self.assertRaises(exception_class) as cm:
@@ -144,24 +176,6 @@ class MarketingAutomationEngineTestCase(ModuleTestCase):
         for name in names:
             self.assertIn(name, cm.exception.message)
         return cm.exception.message
-
-    def send_emails(self):
-        """Enter the parties, do the root email, and let the mail server
-        accept every message"""
-        pool = Pool()
-        Scenario = pool.get('marketing.automation.scenario')
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        Scenario.trigger()
-        email = activities()["Email"]
-        RecordActivity.do(list(entries(email).values()))
-        # what the delivery step reports once the server took the messages
-        accepted = [e.id for e in entries(email).values()]
-        RecordActivity.complete(dict.fromkeys(accepted), accepted)
-        for name, entry in entries(email).items():
-            self.assertEqual(
-                (entry.state, entry.email_sent), ('done', True),
-                msg="the email to %s is not sent" % name)
-        return email
 
     @with_transaction()
     def test_trigger_twice_enters_once(self):
@@ -269,33 +283,6 @@ class MarketingAutomationEngineTestCase(ModuleTestCase):
         self.assertAtAfter(now.at, before, after)
         self.assertEqual(tomorrow.state, 'waiting')
         self.assertAtAfter(tomorrow.at, before, after, dt.timedelta(days=1))
-
-    @with_transaction()
-    def test_children_scheduling(self):
-        """Children without event and negative children are due after their
-        delay; positive children wait for their event"""
-        parties = create_recipients("Ann")
-        create_scenario(parties, email_tree())
-
-        before = dt.datetime.now()
-        self.send_emails()
-        after = dt.datetime.now()
-
-        by_name = activities()
-        for name, delay in [
-                ("Not opened", dt.timedelta(days=2)),
-                ("Not clicked", dt.timedelta(days=3)),
-                ("Follow-up", dt.timedelta(days=1)),
-                ]:
-            with self.subTest(activity=name):
-                entry, = entries(by_name[name]).values()
-                self.assertEqual(entry.state, 'waiting')
-                self.assertAtAfter(entry.at, before, after, delay)
-        for name in ["Opened", "Clicked"]:
-            with self.subTest(activity=name):
-                entry, = entries(by_name[name]).values()
-                self.assertEqual(entry.state, 'waiting')
-                self.assertIsNone(entry.at)
 
     @with_transaction()
     def test_do_due_entries(self):
@@ -458,163 +445,6 @@ class MarketingAutomationEngineTestCase(ModuleTestCase):
         self.assertEqual(
             by_party["Ann"].error,
             gettext('marketing_automation.msg_email_no_address', party="Ann"))
-
-    @with_transaction()
-    def test_positive_event_cancels_negative_twin(self):
-        "Opening the email cancels the entry waiting for no opening"
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_recipients("Ann", "Bob")
-        create_scenario(parties, email_tree())
-        email = self.send_emails()
-        by_name = activities()
-
-        RecordActivity.on_email_opened([entries(email)["Ann"]])
-
-        self.assertEqual(
-            states(by_name["Not opened"]),
-            {"Ann": 'cancelled', "Bob": 'waiting'})
-        opened = entries(by_name["Opened"])
-        make_due(opened["Ann"])
-        RecordActivity.do(list(opened.values()))
-        self.assertEqual(
-            states(by_name["Opened"]), {"Ann": 'done', "Bob": 'waiting'})
-        self.assertEqual(
-            states(by_name["Not opened"]),
-            {"Ann": 'cancelled', "Bob": 'waiting'})
-
-    @with_transaction()
-    def test_due_negative_cancels_positive_twin(self):
-        "When no opening came in time, the entry waiting for it is cancelled"
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_recipients("Ann", "Bob")
-        create_scenario(parties, email_tree())
-        self.send_emails()
-        by_name = activities()
-        not_opened = entries(by_name["Not opened"])
-        make_due(not_opened["Ann"])
-
-        RecordActivity.do(list(not_opened.values()))
-
-        self.assertEqual(
-            states(by_name["Not opened"]), {"Ann": 'done', "Bob": 'waiting'})
-        self.assertEqual(
-            states(by_name["Opened"]), {"Ann": 'cancelled', "Bob": 'waiting'})
-        # the other event is not concerned
-        self.assertEqual(
-            states(by_name["Clicked"]), {"Ann": 'waiting', "Bob": 'waiting'})
-
-    @with_transaction()
-    def test_email_opened(self):
-        "Opening flags the email and makes the children on opening due"
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_recipients("Ann", "Bob")
-        create_scenario(parties, email_tree())
-        email = self.send_emails()
-        by_name = activities()
-        ann = entries(email)["Ann"]
-
-        before = dt.datetime.now()
-        RecordActivity.on_email_opened([ann])
-        after = dt.datetime.now()
-
-        by_party = entries(email)
-        self.assertTrue(by_party["Ann"].email_opened)
-        self.assertFalse(by_party["Ann"].email_clicked)
-        self.assertFalse(by_party["Bob"].email_opened)
-        opened = entries(by_name["Opened"])
-        self.assertAtAfter(
-            opened["Ann"].at, before, after, dt.timedelta(hours=1))
-        self.assertIsNone(opened["Bob"].at)
-        self.assertEqual(
-            states(by_name["Not opened"]),
-            {"Ann": 'cancelled', "Bob": 'waiting'})
-        # the click children still wait
-        clicked = entries(by_name["Clicked"])
-        self.assertIsNone(clicked["Ann"].at)
-        self.assertEqual(
-            states(by_name["Not clicked"]),
-            {"Ann": 'waiting', "Bob": 'waiting'})
-
-        # a second opening changes nothing
-        at = opened["Ann"].at
-        RecordActivity.on_email_opened([ann])
-        self.assertEqual(entries(by_name["Opened"])["Ann"].at, at)
-        self.assertEqual(
-            states(by_name["Opened"]), {"Ann": 'waiting', "Bob": 'waiting'})
-
-    @with_transaction()
-    def test_email_clicked(self):
-        "Clicking flags the email clicked and opened, and runs both children"
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_recipients("Ann", "Bob")
-        create_scenario(parties, email_tree())
-        email = self.send_emails()
-        by_name = activities()
-        ann = entries(email)["Ann"]
-
-        before = dt.datetime.now()
-        RecordActivity.on_email_clicked([ann])
-        after = dt.datetime.now()
-
-        by_party = entries(email)
-        self.assertTrue(by_party["Ann"].email_clicked)
-        self.assertTrue(by_party["Ann"].email_opened)
-        self.assertFalse(by_party["Bob"].email_clicked)
-        self.assertFalse(by_party["Bob"].email_opened)
-        clicked = entries(by_name["Clicked"])
-        self.assertAtAfter(clicked["Ann"].at, before, after)
-        self.assertIsNone(clicked["Bob"].at)
-        opened = entries(by_name["Opened"])
-        self.assertAtAfter(
-            opened["Ann"].at, before, after, dt.timedelta(hours=1))
-        for name in ["Not clicked", "Not opened"]:
-            with self.subTest(activity=name):
-                self.assertEqual(
-                    states(by_name[name]),
-                    {"Ann": 'cancelled', "Bob": 'waiting'})
-
-        # clicking again, or opening afterwards, changes nothing
-        ats = {n: entries(by_name[n])["Ann"].at for n in ["Clicked", "Opened"]}
-        RecordActivity.on_email_clicked([ann])
-        RecordActivity.on_email_opened([ann])
-        self.assertEqual(
-            {n: entries(by_name[n])["Ann"].at for n in ["Clicked", "Opened"]},
-            ats)
-
-    @with_transaction()
-    def test_event_children_follow_changes(self):
-        "A click runs the children as they are when it happens"
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_recipients("Ann", "Bob", "Cid")
-        create_scenario(parties, email_tree())
-        email = self.send_emails()
-        by_name = activities()
-        RecordActivity.on_email_clicked([entries(email)["Ann"]])
-
-        Activity.write([by_name["Clicked"]], {
-                'delay': dt.timedelta(days=2),
-                })
-        before = dt.datetime.now()
-        RecordActivity.on_email_clicked([entries(email)["Bob"]])
-        after = dt.datetime.now()
-
-        clicked = entries(by_name["Clicked"])
-        self.assertAtAfter(clicked["Bob"].at, before, after, dt.timedelta(
-                days=2))
-
-        Activity.write([by_name["Not opened"]], {'on': None})
-        RecordActivity.on_email_clicked([entries(email)["Cid"]])
-
-        # no longer waiting for an event, the activity is not cancelled
-        self.assertEqual(
-            states(by_name["Not opened"]),
-            {"Ann": 'cancelled', "Bob": 'cancelled', "Cid": 'waiting'})
 
     @with_transaction()
     def test_event_on_waiting_email(self):
@@ -978,38 +808,310 @@ class MarketingAutomationEngineTestCase(ModuleTestCase):
         Scenario.trigger()
         self.assertEqual(set(records(scenario)), {"Ann"})
 
-    @with_transaction()
+
+class MarketingAutomationEngineEmailTestCase(
+        TimeAssertions, SendingTestMixin, TestCase):
+    """The email events: the emails go through the crons to a real SMTP
+    server, their recipients open and click them over HTTP, and each step
+    is committed
+
+    The activities of each test end with its name, so that it reads only
+    its own."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        drop_db()
+        cls.addClassCleanup(drop_db)
+        activate_module('marketing_automation')
+
+    def setUp(self):
+        super().setUp()
+        self.smtp = SMTPServer().start()
+        self.addCleanup(self.smtp.stop)
+        self.configure({
+                ('email', 'uri'): self.smtp.uri(timeout=5),
+                ('email', 'from'): 'root@server.example.com',
+                ('marketing', 'automation_base'): BASE,
+                ('marketing', 'email_from'): SENDER,
+                })
+        self.addCleanup(self.stop_scenarios)
+        self.client = Client(app, use_cookies=False)
+
+    @property
+    def suffix(self):
+        return ' ' + self._testMethodName
+
+    def activities(self):
+        "The activities of this test by name"
+        Activity = Pool().get('marketing.automation.activity')
+        return {
+            a.name.removesuffix(self.suffix): a
+            for a in Activity.search([('name', 'like', '%' + self.suffix)])}
+
+    # As the marketer, the crons and the recipients
+
+    def start_scenario(self, *names):
+        """Create the recipients of names and a running scenario of
+        email_tree() on them"""
+        with committed():
+            create_scenario(
+                create_recipients(*names), email_tree(self.suffix),
+                name="Welcome" + self.suffix)
+
+    def send_emails(self):
+        """Enter the parties and run the process cron: the mail server
+        accepts a message for every party"""
+        with committed():
+            Pool().get('marketing.automation.scenario').trigger()
+        self.process()
+        with inspecting():
+            sent = entries(self.activities()["Email"])
+            for name, entry in sent.items():
+                self.assertEqual(
+                    (entry.state, entry.email_sent), ('done', True),
+                    msg="the email to %s is not sent" % name)
+        self.assertEqual(
+            sorted(r for m in self.smtp.received() for r in m.rcpt_tos),
+            sorted(address(n) for n in sent))
+
+    def process(self):
+        with committed():
+            Pool().get('marketing.automation.record.activity').process()
+
+    def make_due(self, activity_name, name):
+        with committed():
+            make_due(entries(self.activities()[activity_name])[name])
+
+    def write_activity(self, activity_name, values):
+        "Change the activity as the marketer does"
+        with committed():
+            Activity = Pool().get('marketing.automation.activity')
+            Activity.write([self.activities()[activity_name]], values)
+
+    def mail_to(self, name):
+        mails = self.smtp.to(address(name))
+        self.assertEqual(len(mails), 1, msg="emails to %s" % name)
+        return Mail(mails[0])
+
+    def open_email(self, name):
+        """The mail client of the recipient name loads the images, and the
+        event ledger counts it as a person's"""
+        response = human_request(self.client, self.mail_to(name).pixel)
+        self.assertEqual(response.status_code, 302)
+        decide_events()
+
+    def click(self, name):
+        """The recipient name follows the link of the email, and the event
+        ledger counts it as a person's"""
+        response = human_request(
+            self.client, self.mail_to(name).link("Visit our shop"))
+        self.assertEqual(response.status_code, 301)
+        self.assertEqual(
+            response.headers['Location'], 'https://shop.example.com/')
+        decide_events()
+
+    # The tests
+
+    def test_children_scheduling(self):
+        """Children without event and negative children are due after their
+        delay; positive children wait for their event"""
+        self.start_scenario("Ann")
+
+        before = dt.datetime.now()
+        self.send_emails()
+        after = dt.datetime.now()
+
+        with inspecting():
+            by_name = self.activities()
+            for name, delay in [
+                    ("Not opened", dt.timedelta(days=2)),
+                    ("Not clicked", dt.timedelta(days=3)),
+                    ("Follow-up", dt.timedelta(days=1)),
+                    ]:
+                with self.subTest(activity=name):
+                    entry, = entries(by_name[name]).values()
+                    self.assertEqual(entry.state, 'waiting')
+                    self.assertAtAfter(entry.at, before, after, delay)
+            for name in ["Opened", "Clicked"]:
+                with self.subTest(activity=name):
+                    entry, = entries(by_name[name]).values()
+                    self.assertEqual(entry.state, 'waiting')
+                    self.assertIsNone(entry.at)
+
+    def test_positive_event_cancels_negative_twin(self):
+        "Opening the email cancels the entry waiting for no opening"
+        self.start_scenario("Ann", "Bob")
+        self.send_emails()
+
+        self.open_email("Ann")
+
+        with inspecting():
+            self.assertEqual(
+                states(self.activities()["Not opened"]),
+                {"Ann": 'cancelled', "Bob": 'waiting'})
+        self.make_due("Opened", "Ann")
+        self.process()
+        with inspecting():
+            by_name = self.activities()
+            self.assertEqual(
+                states(by_name["Opened"]), {"Ann": 'done', "Bob": 'waiting'})
+            self.assertEqual(
+                states(by_name["Not opened"]),
+                {"Ann": 'cancelled', "Bob": 'waiting'})
+
+    def test_due_negative_cancels_positive_twin(self):
+        "When no opening came in time, the entry waiting for it is cancelled"
+        self.start_scenario("Ann", "Bob")
+        self.send_emails()
+        self.make_due("Not opened", "Ann")
+
+        self.process()
+
+        with inspecting():
+            by_name = self.activities()
+            self.assertEqual(
+                states(by_name["Not opened"]),
+                {"Ann": 'done', "Bob": 'waiting'})
+            self.assertEqual(
+                states(by_name["Opened"]),
+                {"Ann": 'cancelled', "Bob": 'waiting'})
+            # the other event is not concerned
+            self.assertEqual(
+                states(by_name["Clicked"]),
+                {"Ann": 'waiting', "Bob": 'waiting'})
+
+    def test_email_opened(self):
+        "Opening flags the email and makes the children on opening due"
+        self.start_scenario("Ann", "Bob")
+        self.send_emails()
+
+        before = dt.datetime.now()
+        self.open_email("Ann")
+        after = dt.datetime.now()
+
+        with inspecting():
+            by_name = self.activities()
+            by_party = entries(by_name["Email"])
+            self.assertTrue(by_party["Ann"].email_opened)
+            self.assertFalse(by_party["Ann"].email_clicked)
+            self.assertFalse(by_party["Bob"].email_opened)
+            opened = entries(by_name["Opened"])
+            self.assertAtAfter(
+                opened["Ann"].at, before, after, dt.timedelta(hours=1))
+            self.assertIsNone(opened["Bob"].at)
+            self.assertEqual(
+                states(by_name["Not opened"]),
+                {"Ann": 'cancelled', "Bob": 'waiting'})
+            # the click children still wait
+            clicked = entries(by_name["Clicked"])
+            self.assertIsNone(clicked["Ann"].at)
+            self.assertEqual(
+                states(by_name["Not clicked"]),
+                {"Ann": 'waiting', "Bob": 'waiting'})
+            at = opened["Ann"].at
+
+        # a second opening changes nothing
+        self.open_email("Ann")
+        with inspecting():
+            by_name = self.activities()
+            self.assertEqual(entries(by_name["Opened"])["Ann"].at, at)
+            self.assertEqual(
+                states(by_name["Opened"]),
+                {"Ann": 'waiting', "Bob": 'waiting'})
+
+    def test_email_clicked(self):
+        "Clicking flags the email clicked and opened, and runs both children"
+        self.start_scenario("Ann", "Bob")
+        self.send_emails()
+
+        before = dt.datetime.now()
+        self.click("Ann")
+        after = dt.datetime.now()
+
+        with inspecting():
+            by_name = self.activities()
+            by_party = entries(by_name["Email"])
+            self.assertTrue(by_party["Ann"].email_clicked)
+            self.assertTrue(by_party["Ann"].email_opened)
+            self.assertFalse(by_party["Bob"].email_clicked)
+            self.assertFalse(by_party["Bob"].email_opened)
+            clicked = entries(by_name["Clicked"])
+            self.assertAtAfter(clicked["Ann"].at, before, after)
+            self.assertIsNone(clicked["Bob"].at)
+            opened = entries(by_name["Opened"])
+            self.assertAtAfter(
+                opened["Ann"].at, before, after, dt.timedelta(hours=1))
+            for name in ["Not clicked", "Not opened"]:
+                with self.subTest(activity=name):
+                    self.assertEqual(
+                        states(by_name[name]),
+                        {"Ann": 'cancelled', "Bob": 'waiting'})
+            ats = {
+                n: entries(by_name[n])["Ann"].at
+                for n in ["Clicked", "Opened"]}
+
+        # clicking again, or opening afterwards, changes nothing
+        self.click("Ann")
+        self.open_email("Ann")
+        with inspecting():
+            by_name = self.activities()
+            self.assertEqual({
+                    n: entries(by_name[n])["Ann"].at
+                    for n in ["Clicked", "Opened"]},
+                ats)
+
+    def test_event_children_follow_changes(self):
+        "A click runs the children as they are when it happens"
+        self.start_scenario("Ann", "Bob", "Cid")
+        self.send_emails()
+        self.click("Ann")
+
+        self.write_activity("Clicked", {'delay': dt.timedelta(days=2)})
+        before = dt.datetime.now()
+        self.click("Bob")
+        after = dt.datetime.now()
+
+        with inspecting():
+            clicked = entries(self.activities()["Clicked"])
+            self.assertAtAfter(
+                clicked["Bob"].at, before, after, dt.timedelta(days=2))
+
+        self.write_activity("Not opened", {'on': None})
+        self.click("Cid")
+
+        # no longer waiting for an event, the activity is not cancelled
+        with inspecting():
+            self.assertEqual(
+                states(self.activities()["Not opened"]),
+                {"Ann": 'cancelled', "Bob": 'cancelled', "Cid": 'waiting'})
+
     def test_activity_statistics(self):
         "An email counts its done entries, its openings and its clicks"
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_recipients("Ann", "Bob", "Cid", "Dan")
-        create_scenario(parties, email_tree())
-        email = activities()["Email"]
+        self.start_scenario("Ann", "Bob", "Cid", "Dan")
+        with inspecting():
+            email = self.activities()["Email"]
+            self.assertEqual(email.record_count, 0)
+            for name in [
+                    'email_open_rate', 'email_click_rate',
+                    'email_click_through_rate']:
+                self.assertEqual(getattr(email, name), 0, msg=name)
 
-        self.assertEqual(email.record_count, 0)
-        for name in [
-                'email_open_rate', 'email_click_rate',
-                'email_click_through_rate']:
-            self.assertEqual(getattr(email, name), 0, msg=name)
+        self.send_emails()
+        self.open_email("Ann")
+        self.open_email("Bob")
+        self.click("Cid")
 
-        email = self.send_emails()
-        by_party = entries(email)
-        RecordActivity.on_email_opened([by_party["Ann"], by_party["Bob"]])
-        RecordActivity.on_email_clicked([by_party["Cid"]])
-
-        email = Activity(email.id)
-        self.assertEqual(email.record_count, 4)
-        self.assertEqual(email.email_opened, 3)
-        self.assertEqual(email.email_clicked, 1)
-        self.assertEqual(email.email_open_rate, 0.75)
-        self.assertEqual(email.email_click_rate, 0.25)
-        self.assertEqual(email.email_click_through_rate, 0.33)
-        # entries that wait or are cancelled are not counted
-        not_opened = activities()["Not opened"]
-        self.assertEqual(not_opened.record_count, 0)
-        self.assertEqual(not_opened.email_open_rate, 0)
-
-
-del ModuleTestCase
+        with inspecting():
+            by_name = self.activities()
+            email = by_name["Email"]
+            self.assertEqual(email.record_count, 4)
+            self.assertEqual(email.email_opened, 3)
+            self.assertEqual(email.email_clicked, 1)
+            self.assertEqual(email.email_open_rate, 0.75)
+            self.assertEqual(email.email_click_rate, 0.25)
+            self.assertEqual(email.email_click_through_rate, 0.33)
+            # entries that wait or are cancelled are not counted
+            not_opened = by_name["Not opened"]
+            self.assertEqual(not_opened.record_count, 0)
+            self.assertEqual(not_opened.email_open_rate, 0)

@@ -17,7 +17,8 @@ from trytond.transaction import Transaction
 from trytond.wsgi import app
 
 from .test_email import BASE, SENDER, Mail, inspecting, message
-from .tools import SendingTestMixin, SMTPServer, committed
+from .tools import (
+    SendingTestMixin, SMTPServer, committed, decide_events, human_request)
 
 
 def encode(value):
@@ -111,8 +112,9 @@ class TagPartyTestCase(SendingTestMixin, TestCase):
         # Ann clicks the link of her email
         mail = Mail(self.smtp.to('ann@example.com')[0])
         link = urlsplit(mail.link("See"))
-        response = self.client.get(link.path)
+        response = human_request(self.client, link.path)
         self.assertEqual(response.status_code, 301)
+        decide_events()
         self.run_crons()
 
         self.assertEqual(self.categories(ann), ["Clicked the spring offer"])

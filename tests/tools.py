@@ -18,6 +18,8 @@ import time
 import warnings
 from collections import namedtuple
 from contextlib import contextmanager
+from datetime import timedelta
+from unittest import mock
 
 import lxml.html
 from aiosmtpd.controller import Controller
@@ -31,7 +33,8 @@ from trytond.worker import run_task
 
 __all__ = [
     'Received', 'SMTPServer', 'override_config', 'committed', 'run_queue',
-    'parse_message', 'html_links', 'SendingTestMixin']
+    'parse_message', 'html_links', 'SendingTestMixin', 'BROWSER',
+    'event_clock', 'human_request', 'decide_events']
 
 Received = namedtuple('Received', ['mail_from', 'rcpt_tos', 'data'])
 # the loopback server of the tests asks for a login without TLS on purpose
@@ -296,3 +299,35 @@ class SendingTestMixin:
         with committed():
             Scenario = Pool().get('marketing.automation.scenario')
             Scenario.stop(Scenario.search([('state', '=', 'running')]))
+
+
+# What a person's browser says of itself
+BROWSER = (
+    'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0')
+
+
+@contextmanager
+def event_clock(delta):
+    """Move the clock of the event ledger by delta in the block: the
+    requests and the decisions happen then"""
+    from trytond.modules.marketing_automation import (
+        marketing_automation_event as events)
+    real = events._now
+    with mock.patch.object(events, '_now', lambda: real() + delta):
+        yield
+
+
+def human_request(client, url, after=timedelta(minutes=2), **kwargs):
+    """Follow url as a person does: from a browser, a while after the
+    delivery (not at once, as the scanners of the mail gateways do)"""
+    kwargs.setdefault('headers', {'User-Agent': BROWSER})
+    with event_clock(after):
+        return client.get(url, **kwargs)
+
+
+def decide_events(after=timedelta(minutes=10)):
+    """Let the event ledger decide the requests once no trap hit can come
+    any more, as the process cron does a while later, and run the tasks"""
+    with committed():
+        with event_clock(after):
+            Pool().get('marketing.automation.event').decide()

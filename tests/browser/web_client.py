@@ -12,7 +12,10 @@ It makes a fresh SQLite database with the module activated, a user
 on the loopback and ``trytond`` serving the web client, then drives headless
 Chromium (selenium with the system chromedriver) through STEPS: log in as
 the marketer, open Marketing > Scenarios, create a scenario with a root
-"Send Email" activity, add it a child "On email clicked", run it, let the
+"Send Email" activity, add it a child "On email clicked", read who the
+scenario will reach and list the parties without an email address, preview
+the email of the activity for a party (and open it in a browser window),
+send it to herself as a test email, run the scenario, let the
 scheduled actions work (called here as trytond-cron does; two recipients
 follow the link of their email), read the counts in the activity tree, open
 the scenario's reporting and the activity's reporting (from its form) as
@@ -145,6 +148,10 @@ class SMTPServer:
     def received(self):
         with self.lock:
             return list(self.messages)
+
+    def clear(self):
+        with self.lock:
+            del self.messages[:]
 
 
 class Site:
@@ -749,6 +756,7 @@ class Steps:
         self.driver = None
         self.client = None
         self.scenario_id = None
+        self.activity_dialog = self.wizard = None
         self.screenshots = []
         self.console = []
 
@@ -838,6 +846,8 @@ class Steps:
         dialog = c.until(c.dialog, "no dialog for the new activity")
         c.type('Name', WELCOME, dialog)
         c.select('Action', 'Send Email', dialog)
+        # the page of the email shows once the action is chosen
+        c.page('Email', dialog)
         c.type('Email Title', WELCOME_TITLE, dialog)
         c.type('Email Template', WELCOME_TEMPLATE, dialog)
         c.dialog_button('Add').click()
@@ -871,6 +881,7 @@ class Steps:
         c.type('Name', THANKS, child)
         c.select('On', 'Email Clicked', child)
         c.select('Action', 'Send Email', child)
+        c.page('Email', child)
         c.type('Email Title', THANKS_TITLE, child)
         c.type('Email Template', THANKS_TEMPLATE, child)
         c.dialog_button('Add').click()
@@ -897,6 +908,124 @@ class Steps:
             "the database has the activities "
             f"{self.site.activities(self.scenario_id)}")
         self.screenshot('scenario-form.png')
+
+    def step_audience(self):
+        """the audience of the draft scenario: who it will reach; list the
+        parties without an email address"""
+        c = self.client
+        c.page('Audience')
+        expected = {
+            'Selected': str(len(PARTIES)),
+            'Unsubscribed or Blocked': '0',
+            'No Email Address': str(len(PARTIES) - WITH_EMAIL),
+            'Reachable': str(WITH_EMAIL),
+            }
+        c.until(lambda: c.value('Selected') == expected['Selected'],
+            "the audience is not counted")
+        shown = {label: c.value(label) for label in expected}
+        self.check(shown == expected,
+            f"the audience shows {shown}, not {expected}")
+        self.screenshot('scenario-audience.png')
+        c.button('List without Email').click()
+        c.show_tab(f'No Email Address ({SCENARIO})')
+        c.idle()
+        names = c.until(lambda: [r.get('Name') for r in c.rows()],
+            "the list of the parties without an email address is empty")
+        without = [name for name, email in PARTIES if not email]
+        self.check(names == without,
+            f"the parties without an email address are {names}, "
+            f"not {without}")
+        c.show_tab('Marketing / Scenarios')
+
+    def step_preview(self):
+        """preview the welcome email for the first party, and open it in a
+        browser window: its links go to their targets"""
+        c = self.client
+        c.open_row('Activities', WELCOME)
+        activity = c.until(c.dialog, "no dialog for the activity")
+        self.activity_dialog = activity
+        c.page('Email', activity)
+        c.button('Preview', activity).click()
+        wizard = c.until(lambda: (lambda d: d if d != activity else None)(
+                c.dialog()), "the preview does not open")
+        self.wizard = wizard
+        name, address = PARTIES[0]
+        expected = {
+            'Subject': f"Welcome, {name}",
+            'From': 'Browser Shop <shop@example.com>',
+            'To': f'{name} <{address}>',
+            }
+        c.until(lambda: c.value('Subject', wizard) == expected['Subject'],
+            "the preview shows no subject")
+        shown = {label: c.value(label, wizard) for label in expected}
+        self.check(shown == expected,
+            f"the preview shows {shown}, not {expected}")
+        text = c.value('Plain Text', wizard)
+        self.check('our shop (https://example.com/shop)' in text,
+            f"the plain text does not link the shop: {text!r}")
+        self.screenshot('preview-wizard.png')
+
+        main = self.driver.current_window_handle
+        before = set(self.driver.window_handles)
+        c.dialog_button('Open in Browser').click()
+        handle, = c.until(
+            lambda: set(self.driver.window_handles) - before,
+            "the preview does not open in the browser")
+        self.driver.switch_to.window(handle)
+        try:
+            c.until(lambda: f'Hello {name}' in self.driver.find_element(
+                    'tag name', 'body').text,
+                "the browser does not show the email")
+            links = {a.text.strip(): a.get_attribute('href')
+                for a in self.driver.find_elements('tag name', 'a')}
+            self.check(links.get('our shop') == 'https://example.com/shop',
+                f"the shop link of the preview is {links.get('our shop')}")
+            self.check('/unsubscribe/test?' in links.get('Unsubscribe', ''),
+                "the unsubscribe link of the preview is "
+                f"{links.get('Unsubscribe')}")
+            self.screenshot('preview-browser.png')
+        finally:
+            self.driver.close()
+            self.driver.switch_to.window(main)
+
+    def step_test_email(self):
+        """send the email to the marketer as a test: marked [Test], its
+        links untracked; it is not counted"""
+        c = self.client
+        smtp = self.site.smtp
+        wizard = self.wizard
+        self.check(c.value('Send a Test To', wizard) == 'mary@example.com',
+            "the test goes to "
+            f"{c.value('Send a Test To', wizard)!r}, not to the marketer")
+        c.dialog_button('Send Test').click()
+        c.until(lambda: 'mary@example.com' in c.value('Test Email', wizard),
+            "the wizard does not say that the test was sent")
+        deadline = time.monotonic() + WAIT
+        while not smtp.received() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (rcpt_tos, data), = smtp.received()
+        self.check(rcpt_tos == ['mary@example.com'],
+            f"the test email went to {rcpt_tos}")
+        message = email.message_from_bytes(
+            data, policy=email.policy.default)
+        name = PARTIES[0][0]
+        self.check(message['Subject'] == f"[Test] Welcome, {name}",
+            f"the test email's subject is {message['Subject']!r}")
+        import lxml.html
+        html = lxml.html.document_fromstring(
+            message.get_body(('html',)).get_content())
+        links = {a.text_content().strip(): a.get('href')
+            for a in html.iter('a')}
+        self.check(links.get('our shop') == 'https://example.com/shop',
+            f"the shop link of the test email is {links.get('our shop')}")
+        self.screenshot('preview-test-sent.png')
+        # the later steps count the emails of the scenario only
+        smtp.clear()
+        c.dialog_button('Close').click()
+        c.until(lambda: c.dialog() == self.activity_dialog,
+            "the preview stays open")
+        c.dialog_button('Discard changes').click()
+        c.until(lambda: c.dialog() is None, "the activity stays open")
 
     def step_run(self):
         "run the scenario"
@@ -1135,8 +1264,9 @@ def percent(part, whole):
 
 STEPS = [
     'site', 'browser', 'login', 'open_scenarios', 'create_scenario',
-    'add_child', 'run', 'crons', 'activity_tree', 'scenario_reporting',
-    'activity_reporting', 'reporting_menu', 'no_errors',
+    'add_child', 'audience', 'preview', 'test_email', 'run', 'crons',
+    'activity_tree', 'scenario_reporting', 'activity_reporting',
+    'reporting_menu', 'no_errors',
     ]
 
 

@@ -1,0 +1,360 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Goals: what a scenario is for, and the records that reached it.
+
+A scenario may have a goal, a PYSON domain on its model.  A record that
+meets it is converted (``Record.converted_date``) and leaves the scenario:
+its waiting entries are cancelled with the reason, and its emails still in
+the outbox are dropped, so that nothing more is sent to it.
+
+The goal sees the date on which the record entered the scenario as
+``Eval('entry_date')``.  The crons check it set-based, never one search per
+record:
+
+- the trigger checks the records still in the scenario (those with a waiting
+  entry), with one search per day of entry, or one search in all when the
+  goal does not use that date (``Scenario.reach_goal``);
+- before the due entries of a batch are done, the records of the batch are
+  checked the same way (``Record.check_goals``, called from
+  ``RecordActivity._filter_due``), so that a record converted since the last
+  trigger gets no email.
+
+A goal that fails under the cron is its scenario's fault: the scenario shows
+the error, its due entries wait, and the other scenarios go on.
+"""
+import datetime
+from collections import defaultdict
+
+from sql import Cast, Literal, Null
+from sql.aggregate import Count, Sum
+from sql.conditionals import Case
+from sql.functions import DateTrunc
+from sql.operators import Concat, Exists
+
+from trytond import backend
+from trytond.i18n import gettext
+from trytond.model import fields
+from trytond.pool import Pool, PoolMeta
+from trytond.pyson import PYSONDecoder
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.transaction import Transaction
+
+from .exceptions import DomainError
+from .marketing_automation import (
+    _as_date, _describe, _eval_environment, _now, _round_rate)
+from .marketing_automation_reporting import rate
+from .tools import contained
+
+# Two days to tell whether a goal uses the date of entry
+_PROBE_DAYS = (datetime.date(2000, 1, 1), datetime.date(2000, 1, 2))
+
+
+def _day_range(column, day):
+    "The SQL condition that the time of column falls on day"
+    start = datetime.datetime.combine(day, datetime.time())
+    return (column >= start) & (
+        column < start + datetime.timedelta(days=1))
+
+
+class Scenario(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.scenario'
+
+    goal = fields.Char(
+        "Goal",
+        help="A PYSON domain on the model that a record meets once the "
+        "scenario achieved what it is for: the record is then converted "
+        "and leaves the scenario.\n"
+        "Eval('entry_date') is the date the record entered the scenario.")
+    record_count_converted = fields.Function(
+        fields.Integer(
+            "Records Converted",
+            help="The records that reached the goal."),
+        'get_conversion')
+    conversion_rate = fields.Function(
+        fields.Float(
+            "Conversion Rate", digits=(1, 2),
+            help="The records converted per record entered."),
+        'get_conversion')
+    conversion_rate_trend = fields.Function(
+        fields.Char("Conversion Rate Trend"), 'get_trend')
+
+    @classmethod
+    def validate_fields(cls, scenarios, field_names):
+        super().validate_fields(scenarios, field_names)
+        if field_names is None or field_names & {'goal', 'model'}:
+            for scenario in scenarios:
+                scenario.check_goal()
+
+    def decoded_goal(self, entry_date):
+        """The goal as a domain for the records that entered the scenario
+        on entry_date"""
+        environment = _eval_environment()
+        environment['entry_date'] = entry_date
+        goal = PYSONDecoder(environment).decode(self.goal)
+        if not isinstance(goal, list):
+            raise ValueError("a domain is a list of clauses")
+        return goal
+
+    def goal_uses_entry_date(self):
+        "Whether the goal depends on the date of entry of the records"
+        return self.decoded_goal(_PROBE_DAYS[0]) != self.decoded_goal(
+            _PROBE_DAYS[1])
+
+    def check_goal(self):
+        "Refuse a goal that is not a domain on the model that searches"
+        if not self.goal:
+            return
+        Model = Pool().get(self.model)
+        try:
+            goal = self.decoded_goal(datetime.date.today())
+        except Exception as exception:
+            error = exception
+        else:
+            error = contained(Model.search, goal, limit=1, order=[])
+        if error is not None:
+            raise DomainError(gettext(
+                    'marketing_automation.msg_scenario_invalid_goal',
+                    goal=self.goal, scenario=self.rec_name,
+                    exception=error)) from error
+
+    def goal_fault(self, exception):
+        "The message of a goal that cannot be checked"
+        return gettext(
+            'marketing_automation.msg_scenario_goal_fault',
+            scenario=self.rec_name, error=_describe(exception))
+
+    @classmethod
+    def get_conversion(cls, scenarios, names):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        counts = {s.id: (0, 0) for s in scenarios}
+        for sub in grouped_slice(scenarios, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*record.select(
+                    record.scenario, Count(Literal('*')),
+                    Sum(Case((record.converted_date != Null, 1), else_=0)),
+                    where=reduce_ids(record.scenario, [s.id for s in sub]),
+                    group_by=[record.scenario]))
+            for scenario_id, count, converted in cursor:
+                counts[scenario_id] = (count, converted or 0)
+        result = {n: {} for n in names}
+        for scenario in scenarios:
+            count, converted = counts[scenario.id]
+            if 'record_count_converted' in result:
+                result['record_count_converted'][scenario.id] = converted
+            if 'conversion_rate' in result:
+                # as the block rate: a draft scenario previews its audience
+                result['conversion_rate'][scenario.id] = (
+                    0. if scenario.state == 'draft'
+                    else _round_rate(converted, count))
+        return result
+
+    def enter_records(self):
+        super().enter_records()
+        if self.goal:
+            self.reach_goal()
+
+    def reach_goal(self):
+        """Convert the records still in the scenario that meet its goal and
+        take them out of it
+
+        A record is still in the scenario while it has a waiting entry and
+        is not blocked."""
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record = Record.__table__()
+        entry = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        now = _now()
+        still_in = ((record.scenario == self.id)
+            & (record.converted_date == Null)
+            & (record.blocked == Literal(False))
+            & Exists(entry.select(
+                    Literal(1),
+                    where=(entry.record == record.id)
+                    & (entry.state == 'waiting'))))
+        try:
+            if self.goal_uses_entry_date():
+                day = DateTrunc('day', record.create_date)
+                cursor.execute(*record.select(
+                        day, where=still_in, distinct=True))
+                days = sorted({_as_date(d) for d, in cursor})
+            else:
+                days = [None]
+            for day in days:
+                where = still_in
+                if day is not None:
+                    where &= _day_range(record.create_date, day)
+                cursor.execute(*record.update(
+                        [record.converted_date], [now],
+                        where=where & record.record.in_(
+                            self._goal_references(day))))
+        except backend.DatabaseOperationalError:
+            raise
+        except Exception as exception:
+            raise DomainError(self.goal_fault(exception)) from exception
+        RecordActivity.leave(lambda table: table.record.in_(record.select(
+                    record.id,
+                    where=(record.scenario == self.id)
+                    & (record.converted_date != Null))))
+
+    def _goal_references(self, entry_date):
+        """The query of the references of the records of the model that
+        meet the goal for the records entered on entry_date (None when the
+        goal does not use it)"""
+        pool = Pool()
+        Model = pool.get(self.model)
+        database = Transaction().database
+        goal = Model.search(
+            self.decoded_goal(entry_date or datetime.date.today()),
+            order=[], query=True)
+        return goal.select(Concat(
+                self.model + ',',
+                Cast(goal.id, database.sql_type('VARCHAR').base)))
+
+    def records_meeting_goal(self, records):
+        """The ids of the records that meet the goal, among records: (id,
+        reference, create date) of records of the scenario
+
+        One search per day of entry, or one in all when the goal does not
+        use it."""
+        Model = Pool().get(self.model)
+        uses_entry_date = self.goal_uses_entry_date()
+        groups = defaultdict(dict)
+        for record_id, reference, entered in records:
+            day = _as_date(entered) if uses_entry_date else None
+            groups[day][int(reference.split(',')[1])] = record_id
+        met = set()
+        for day, record_of in groups.items():
+            goal = self.decoded_goal(day or datetime.date.today())
+            for sub in grouped_slice(list(record_of)):
+                met.update(record_of[r.id] for r in Model.search(
+                        [goal, ('id', 'in', list(sub))], order=[]))
+        return met
+
+
+class Record(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.record'
+
+    converted_date = fields.DateTime(
+        "Converted", readonly=True,
+        help="When the record reached the goal of the scenario and left "
+        "it.")
+
+    @classmethod
+    def copy(cls, records, default=None):
+        default = default.copy() if default else {}
+        default.setdefault('converted_date', None)
+        return super().copy(records, default=default)
+
+    @classmethod
+    def check_goals(cls, ids):
+        """Convert the records of ids that meet the goal of their scenario,
+        and take the converted ones (now or before) out of their scenario
+
+        Returns the ids of the records converted, and of those whose goal
+        could not be checked: their scenario shows why."""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        table = cls.__table__()
+        scenario = Scenario.__table__()
+        cursor = Transaction().connection.cursor()
+        converted, to_check = set(), defaultdict(list)
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.join(
+                    scenario, condition=table.scenario == scenario.id).select(
+                    table.id, table.scenario, table.record,
+                    table.create_date, table.converted_date, scenario.goal,
+                    where=reduce_ids(table.id, list(sub))))
+            for (record_id, scenario_id, reference, entered, converted_date,
+                    goal) in cursor:
+                if converted_date:
+                    converted.add(record_id)
+                elif goal:
+                    to_check[scenario_id].append(
+                        (record_id, reference, entered))
+        met, unchecked, faults, exceptions = set(), set(), {}, {}
+        for scenario in Scenario.browse(list(to_check)):
+            records = to_check[scenario.id]
+            exception = contained(
+                lambda: met.update(scenario.records_meeting_goal(records)))
+            if exception is not None:
+                unchecked.update(r for r, _, _ in records)
+                faults[scenario.id] = scenario.goal_fault(exception)
+                exceptions[scenario.id] = exception
+        Scenario.set_faults(faults, exceptions)
+        if met:
+            now = _now()
+            for sub in grouped_slice(met, backend.MAX_QUERY_PARAMS):
+                cursor.execute(*table.update(
+                        [table.converted_date], [now],
+                        where=reduce_ids(table.id, list(sub))
+                        & (table.converted_date == Null)))
+        converted |= met
+        for sub in grouped_slice(converted, backend.MAX_QUERY_PARAMS):
+            RecordActivity.leave(
+                lambda table, sub=list(sub): reduce_ids(table.record, sub))
+        return converted, unchecked
+
+
+class RecordActivity(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.record.activity'
+
+    @classmethod
+    def _filter_due(cls, due, now):
+        # a record that reached the goal gets no email anymore
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        due = super()._filter_due(due, now)
+        converted, unchecked = Record.check_goals(
+            {e.record for entries in due.values() for e in entries})
+        if not converted and not unchecked:
+            return due
+        return {
+            activity_id: [e for e in entries
+                if e.record not in converted and e.record not in unchecked]
+            for activity_id, entries in due.items()}
+
+    @classmethod
+    def leave(cls, where):
+        """Take out of their scenario the records that reached its goal:
+        cancel their waiting entries, with the reason, and drop their emails
+        that are still in the outbox
+
+        where(table) is the SQL condition on the table of the record
+        activities that selects the entries of the records.  An email that
+        the mail server accepted is completed as any other."""
+        pool = Pool()
+        Email = pool.get('marketing.automation.email')
+        email = Email.__table__()
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*email.delete(
+                where=(email.state == 'pending')
+                & email.record_activity.in_(table.select(
+                        table.id,
+                        where=(table.state == 'waiting') & where(table)))))
+        cls.set_cancelled(
+            lambda table: where(table) & ~cls.in_progress(table),
+            error=gettext(
+                'marketing_automation.msg_record_activity_goal_reached'))
+
+
+class ReportingScenario(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.reporting.scenario'
+
+    record_count_converted = fields.Integer(
+        "Records Converted",
+        help="Those of the records that reached the goal.")
+    conversion_rate = fields.Float("Conversion Rate", digits=(1, 2))
+
+    @classmethod
+    def _columns(cls, tables, withs):
+        record = tables['record']
+        converted = Sum(Case((record.converted_date != Null, 1), else_=0))
+        return super()._columns(tables, withs) + [
+            converted.as_('record_count_converted'),
+            rate(converted, Count(Literal('*'))).as_('conversion_rate'),
+            ]

@@ -1,0 +1,959 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""See an email before its recipients do, and who a scenario will reach.
+
+- ``Trial`` makes the email of an activity for one record through the
+  pipeline of the send_email action (``EmailBatch``), as its recipient would
+  get it, but with its links going straight to their targets: it creates no
+  tracked link, no email in the outbox, no entry, and counts nothing.
+- The wizard ``marketing.automation.activity.preview`` (the ``preview``
+  button of an activity) shows that email for the record and the language a
+  marketer picks, opens its HTML in the browser through the preview route
+  with a short-lived signed token, and sends it as a test email, marked
+  ``[Test]``, to the addresses the marketer types, through the mail server
+  of the real emails; the test emails are logged in ``ir.email``.
+- ``Scenario.audience_*`` count, in one statement, the records the domain
+  of a scenario selects and, among them, those unsubscribed or blocked,
+  those without an email address and those that will be reached; the
+  ``marketing_audience`` field of the mixin finds each of these lists.
+"""
+import base64
+import binascii
+import datetime
+import email
+import email.policy
+import html as html_escaping
+import json
+import re
+import secrets
+import smtplib
+import time
+from collections import namedtuple
+from email.utils import parseaddr
+from http import HTTPStatus
+
+import lxml.html
+from sql import Cast, Literal
+from sql.aggregate import Count, Sum
+from sql.conditionals import Case
+from sql.functions import Substring
+from sql.operators import Like, Or
+
+from trytond.config import config
+from trytond.i18n import gettext
+from trytond.model import ModelView, fields
+from trytond.model.exceptions import AccessError
+from trytond.pool import Pool, PoolMeta
+from trytond.pyson import Eval, PYSONEncoder
+from trytond.sendmail import get_smtp_server
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.transaction import Transaction
+from trytond.wizard import (
+    Button, StateAction, StateTransition, StateView, Wizard)
+
+from . import mailing, urls
+from .exceptions import ActivityFault, PreviewError
+from .marketing_automation import Entry, marketing_parties
+from .marketing_automation_email import (
+    SEND_EMAIL, EmailBatch, Recipient, _address, _describe, _recipients)
+from .tools import contained, for_update
+
+TEST_MARK = '[Test]'
+# What a token may weigh before it is read: a few ids, a model and a URL
+MAX_TOKEN = 4096
+PREVIEW, TEST_UNSUBSCRIBE = 'preview', 'test-unsubscribe'
+AUDIENCE = ['reachable', 'no_email', 'unsubscribed']
+
+
+def _now():
+    "The clock of the preview tokens, in POSIX seconds"
+    return time.time()
+
+
+# Tokens: signed, and readable without the database but for its secret
+
+def seal(secret, purpose, values):
+    """The URL-safe token of values (a list of JSON values), signed with
+    secret for purpose, so that a token made for one use serves no other"""
+    payload = base64.urlsafe_b64encode(
+        json.dumps(values, separators=(',', ':')).encode('utf-8')
+        ).decode('ascii').rstrip('=')
+    return '%s.%s' % (payload, mailing.sign(secret, purpose, payload))
+
+
+def unseal(secret, purpose, token):
+    "The values of a token of seal, or ValueError unless secret signed it"
+    if not isinstance(token, str) or len(token) > MAX_TOKEN:
+        raise ValueError("not a token")
+    payload, dot, signature = token.partition('.')
+    if not dot or not mailing.verify(secret, signature, purpose, payload):
+        raise ValueError("not signed")
+    try:
+        values = json.loads(base64.urlsafe_b64decode(
+                payload + '=' * (-len(payload) % 4)))
+    except (binascii.Error, ValueError) as exception:
+        raise ValueError("not a token") from exception
+    if not isinstance(values, list):
+        raise ValueError("not a token")
+    return values
+
+
+Ticket = namedtuple(
+    'Ticket', ['user', 'activity', 'record', 'language', 'expires'])
+Ticket.__doc__ = """What a preview token lets see: the email of activity
+for record ('model,id') in language, to user until expires (a POSIX
+time)"""
+_REFERENCE = re.compile(r'[a-z][a-z0-9_.]*,[0-9]{1,18}')
+_LANGUAGE = re.compile(r'[A-Za-z]{2,3}(_[A-Za-z0-9@]{2,10})?')
+
+
+def preview_token(secret, ticket):
+    "The token of the Ticket"
+    return seal(secret, PREVIEW, list(ticket))
+
+
+def read_preview_token(secret, token):
+    "The Ticket of a token of preview_token, or ValueError"
+    values = unseal(secret, PREVIEW, token)
+    if len(values) != len(Ticket._fields):
+        raise ValueError("not a preview token")
+    ticket = Ticket(*values)
+    if not (all(isinstance(getattr(ticket, f), int)
+                and not isinstance(getattr(ticket, f), bool)
+                for f in ['user', 'activity', 'expires'])
+            and isinstance(ticket.record, str)
+            and _REFERENCE.fullmatch(ticket.record)
+            and isinstance(ticket.language, str)
+            and _LANGUAGE.fullmatch(ticket.language)):
+        raise ValueError("not a preview token")
+    return ticket
+
+
+_LOCAL_PART = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_LABEL = re.compile(r'(?!-)[a-z0-9-]{1,63}(?<!-)')
+
+
+def parse_addresses(text):
+    """The (name, address) pairs of the addresses of text, separated by
+    commas, semicolons or lines; ValueError with the first one that is not
+    a whole email address (a user and a domain with a dot)"""
+    pairs, seen = [], set()
+    for part in re.split(r'[,;\n]', text or ''):
+        part = part.strip()
+        if not part:
+            continue
+        name, address = parseaddr(part)
+        # parseaddr drops what it does not understand: the address must be
+        # the whole part, or all between its angle brackets
+        written = (
+            part[part.rfind('<') + 1:-1]
+            if part.endswith('>') and '<' in part else part)
+        local, at, domain = address.rpartition('@')
+        try:
+            labels = domain.encode('idna').decode('ascii').lower().split('.')
+        except UnicodeError:
+            labels = []
+        if (written.strip() != address or not at
+                or not _LOCAL_PART.fullmatch(local)
+                or len(labels) < 2
+                or not all(_LABEL.fullmatch(label) for label in labels)):
+            raise ValueError(part)
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            pairs.append((name, address))
+    return pairs
+
+
+# The email of one record, as its recipient would get it
+
+Composed = namedtuple(
+    'Composed', ['sender', 'to', 'subject', 'message_id', 'message'])
+Composed.__doc__ = "An email made by a Trial, with its MIME bytes"
+
+
+class TrialError(Exception):
+    "Why the email of a trial cannot be made, as the marketer reads it"
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+class Trial(EmailBatch):
+    """The email of an activity for one record in a language, made by the
+    pipeline of the send_email action as for its recipient, but with its
+    links going straight to their targets: the unsubscribe links to the
+    unsubscribe page of test emails, which changes nothing, and the
+    open-tracking image to the empty image.
+
+    Without addresses, it makes the email to the record's party (a
+    preview); with addresses, (name, address) pairs, a test email to each,
+    with the mark in its subject.  It creates nothing: its messages stay in
+    ``composed``, and ``targets`` tells where each URL of them leads."""
+
+    def __init__(self, activity, record, language, addresses=None):
+        self.record = record
+        self.language = language
+        self.addresses = addresses
+        count = len(addresses) if addresses is not None else 1
+        entries = [Entry(i, None, str(record)) for i in range(count)]
+        super().__init__(activity, entries, {e.id: record for e in entries})
+        self.composed = []
+        self.targets = {}
+
+    def compose(self):
+        "The Composed emails, or TrialError with why they cannot be made"
+        check_trial(self.activity, self.record)
+        try:
+            errors = self.store()
+        except ActivityFault as fault:
+            raise TrialError(fault.message) from fault
+        if errors:
+            raise TrialError(next(iter(errors.values())))
+        return self.composed
+
+    def recipients(self):
+        party = marketing_parties([self.record]).get(self.record)
+        name, address, _ = _recipients({party}).get(
+            party, (None, None, None)) if party else (None, None, None)
+        if self.addresses is not None:
+            pairs = self.addresses
+        elif address:
+            pairs = [(name, address)]
+        else:
+            self.errors[0] = gettext(
+                'marketing_automation.msg_email_no_address', party=name or '')
+            return {}
+        return {self.language: [
+                Recipient(entry, self.record, None, n, a, self.language)
+                for entry, (n, a) in zip(self.entries, pairs)]}
+
+    def _urls(self, entry_id, uuid, links):
+        result = []
+        for link in links:
+            if link.kind == mailing.CLICK:
+                url = self.targets[link.url] = link.url
+            elif link.kind == mailing.UNSUBSCRIBE:
+                url = self._test_unsubscribe_url(link.url)
+                self.targets[url] = gettext(
+                    'marketing_automation.msg_preview_unsubscribe_next',
+                    next=link.url) if link.url else gettext(
+                    'marketing_automation.msg_preview_unsubscribe')
+            else:
+                # the open-tracking image and the links only the server
+                # follows, which only record what happened
+                url = link.url or urls.empty_gif_url(self.base)
+            result.append(url)
+        return result
+
+    def _test_unsubscribe_url(self, next=None):
+        return urls.test_unsubscribe_url(
+            self.base, self.database, seal(
+                self.secret, TEST_UNSUBSCRIBE,
+                [self.activity.id, self.language, next]))
+
+    def _subject(self, subject):
+        if self.addresses is None:
+            return subject
+        return '%s %s' % (TEST_MARK, subject)
+
+    def _message_id(self, recipient):
+        return mailing.message_id(
+            'test.%s.%s' % (secrets.token_hex(8), self.activity.id),
+            self.domain)
+
+    def _unsubscribe_url(self, recipient):
+        return self._test_unsubscribe_url()
+
+    def _keep(self, entry_id, message_id, sender, to, subject, message):
+        self.composed.append(
+            Composed(sender, to, subject, message_id, message))
+
+    def _insert(self):
+        pass
+
+
+def check_trial(activity, record):
+    "Raise TrialError unless activity sends an email that record may get"
+    pool = Pool()
+    if activity.action != SEND_EMAIL:
+        raise TrialError(gettext(
+                'marketing_automation.msg_preview_not_email',
+                activity=activity.rec_name))
+    scenario = activity.scenario
+    model = getattr(record, '__name__', None)
+    exists = False
+    if model == scenario.model and record.id is not None and record.id >= 0:
+        Model = pool.get(model)
+        with Transaction().set_context(active_test=False):
+            exists = bool(Model.search([('id', '=', record.id)], limit=1))
+    if not exists:
+        Model = pool.get('ir.model')
+        raise TrialError(gettext(
+                'marketing_automation.msg_preview_record',
+                model=Model.get_name(scenario.model),
+                scenario=scenario.rec_name))
+
+
+def read_message(message):
+    "The message of bytes as a mail client reads it"
+    return email.message_from_bytes(
+        bytes(message), policy=email.policy.default)
+
+
+def message_parts(message):
+    "The plain text and the HTML of a message of read_message"
+    text = message.get_body(('plain',))
+    html = message.get_body(('html',))
+    return (text.get_content() if text else '',
+        html.get_content() if html else '')
+
+
+def check_marketer():
+    "Raise AccessError unless the user is of the Marketing group"
+    pool = Pool()
+    User = pool.get('res.user')
+    ModelData = pool.get('ir.model.data')
+    if Transaction().user == 0:
+        return
+    group = ModelData.get_id('marketing', 'group_marketing')
+    if group not in User.get_groups():
+        raise AccessError(gettext('marketing_automation.msg_preview_access'))
+
+
+def record_language(record):
+    "The language of the recipient of record, as its emails are written in"
+    pool = Pool()
+    Lang = pool.get('ir.lang')
+    party = marketing_parties([record]).get(record)
+    code = _recipients({party})[party][2] if party else config.get(
+        'database', 'language', default='en')
+    langs = Lang.search([('code', '=', code)], limit=1)
+    return langs[0] if langs else None
+
+
+class Activity(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.activity'
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        cls._buttons.update({
+                'preview': {
+                    'invisible': Eval('action') != SEND_EMAIL,
+                    'depends': ['action'],
+                    },
+                })
+
+    @classmethod
+    @ModelView.button_action('marketing_automation.wizard_activity_preview')
+    def preview(cls, activities):
+        pass
+
+
+class ActivityPreviewStart(ModelView):
+    "The email of an activity for a record, as its recipient would get it"
+    __name__ = 'marketing.automation.activity.preview.start'
+
+    activity = fields.Many2One(
+        'marketing.automation.activity', "Activity", readonly=True)
+    model = fields.Char("Model", readonly=True)
+    record = fields.Reference(
+        "Record", selection='get_models', required=True,
+        help="The record whose email is shown: any record of the model of "
+        "the scenario.")
+    language = fields.Many2One(
+        'ir.lang', "Language", required=True,
+        help="The language of the email: the language of the record's "
+        "party by default.")
+    sender = fields.Char("From", readonly=True)
+    to = fields.Char("To", readonly=True)
+    subject = fields.Char("Subject", readonly=True)
+    text = fields.Text("Plain Text", readonly=True)
+    links = fields.Text(
+        "Links", readonly=True,
+        help="The text of each link of the email and where it leads.")
+    error = fields.Text(
+        "Error", readonly=True,
+        states={
+            'invisible': ~Eval('error'),
+            })
+    test_addresses = fields.Char(
+        "Send a Test To",
+        help="The addresses the test email goes to, separated by commas.\n"
+        "The test email is marked [Test] in its subject, its links are not "
+        "tracked and its unsubscribe link changes nothing.")
+    test_result = fields.Text(
+        "Test Email", readonly=True,
+        states={
+            'invisible': ~Eval('test_result'),
+            })
+
+    @fields.depends('model')
+    def get_models(self):
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        return [(m, n) for m, n in Scenario.get_models()
+            if not self.model or m == self.model]
+
+    @fields.depends('record', methods=['show'])
+    def on_change_record(self):
+        if self.chosen_record():
+            self.language = record_language(self.record)
+        self.show()
+
+    @fields.depends(methods=['show'])
+    def on_change_language(self):
+        self.show()
+
+    def chosen_record(self):
+        "The record chosen, None while there is none"
+        if (self.record and self.record.id is not None
+                and self.record.id >= 0):
+            return self.record
+
+    @fields.depends('activity', 'record', 'language')
+    def show(self):
+        "Show the email of the chosen record in the chosen language"
+        for name in ['sender', 'to', 'subject', 'text', 'links', 'error']:
+            setattr(self, name, None)
+        # any user may call the on_change of a form of no table
+        check_marketer()
+        if not (self.activity and self.chosen_record() and self.language):
+            return
+        trial = Trial(self.activity, self.record, self.language.code)
+        try:
+            composed, = trial.compose()
+        except TrialError as error:
+            self.error = error.message
+            return
+        message = read_message(composed.message)
+        self.sender = message['From']
+        self.to = message['To']
+        self.subject = message['Subject']
+        self.text, html = message_parts(message)
+        self.links = '\n'.join(
+            '%s: %s' % (text, trial.targets.get(href, href))
+            for href, text in _links(html))
+
+
+def _links(html):
+    "The (href, text) of the links of html that a reader sees"
+    document = lxml.html.document_fromstring(html)
+    for anchor in document.iter('a'):
+        href = anchor.get('href')
+        if not href or anchor.get('aria-hidden') == 'true':
+            continue
+        yield href, ' '.join(anchor.text_content().split()) or href
+
+
+class PreviewRefused(Exception):
+    "A request of the preview routes that gets no page, with its status"
+
+    def __init__(self, status):
+        super().__init__(status)
+        self.status = status
+
+
+class ActivityPreview(Wizard):
+    """Preview the email of an activity for a record, open it in the
+    browser, and send it as a test email"""
+    __name__ = 'marketing.automation.activity.preview'
+
+    start = StateView(
+        'marketing.automation.activity.preview.start',
+        'marketing_automation.activity_preview_start_view_form', [
+            Button("Close", 'end', 'tryton-close'),
+            Button("Open in Browser", 'open_', 'tryton-public'),
+            Button("Send Test", 'send', 'tryton-email', default=True),
+            ])
+    open_ = StateAction('marketing_automation.url_activity_preview')
+    send = StateTransition()
+
+    def value_start(self, fields):
+        # values, not defaults: the client would run the on_change of the
+        # record, which resets the language the marketer chose
+        pool = Pool()
+        User = pool.get('res.user')
+        check_marketer()
+        start = self.start
+        if not start.activity:
+            # the first time; afterwards, the choices of the marketer stay
+            activity = self.record
+            if not activity or activity.action != SEND_EMAIL:
+                raise PreviewError(gettext(
+                        'marketing_automation.msg_preview_not_email',
+                        activity=activity.rec_name if activity else ''))
+            scenario = activity.scenario
+            start.activity = activity
+            start.model = scenario.model
+            start.record = first_record(scenario)
+            start.language = (
+                record_language(start.record) if start.record
+                else default_language())
+            start.test_addresses = User(Transaction().user).email
+        start.show()
+        values = {
+            name: getattr(start, name) for name in [
+                'model', 'sender', 'to', 'subject', 'text', 'links',
+                'error', 'test_addresses', 'test_result']}
+        values['activity'] = start.activity.id
+        values['record'] = (
+            str(start.record) if start.chosen_record() else None)
+        values['language'] = start.language.id if start.language else None
+        return values
+
+    def do_open_(self, action):
+        pool = Pool()
+        Secret = pool.get('marketing.automation.email.secret')
+        check_marketer()
+        start = self.start
+        try:
+            check_trial(start.activity, start.record)
+        except TrialError as error:
+            raise PreviewError(error.message) from error
+        expires = int(_now()) + 60 * config.getint(
+            'marketing', 'preview_expiry', default=10)
+        token = preview_token(Secret.get(), Ticket(
+                Transaction().user, start.activity.id, str(start.record),
+                start.language.code, expires))
+        action['url'] = urls.preview_url(urls.base(), urls.database(), token)
+        return action, {}
+
+    def transition_open_(self):
+        return 'start'
+
+    def transition_send(self):
+        check_marketer()
+        start = self.start
+        start.test_result = None
+        try:
+            addresses = parse_addresses(start.test_addresses)
+        except ValueError as exception:
+            raise PreviewError(gettext(
+                    'marketing_automation.msg_preview_test_address',
+                    address=exception.args[0])) from exception
+        if not addresses:
+            raise PreviewError(gettext(
+                    'marketing_automation.msg_preview_test_no_address'))
+        check_test_limit(len(addresses))
+        trial = Trial(
+            start.activity, start.record, start.language.code, addresses)
+        try:
+            composed = trial.compose()
+        except TrialError as error:
+            raise PreviewError(gettext(
+                    'marketing_automation.msg_preview_test_not_sent',
+                    error=error.message)) from error
+        sent, errors = deliver_tests(composed)
+        log_tests(start.activity, sent)
+        results = []
+        if sent:
+            results.append(gettext(
+                    'marketing_automation.msg_preview_test_sent',
+                    addresses=', '.join(c.to for c in sent)))
+        for to, error in errors.items():
+            results.append(gettext(
+                    'marketing_automation.msg_preview_test_refused',
+                    address=to, error=error))
+        start.test_result = '\n'.join(results)
+        return 'start'
+
+    @classmethod
+    def preview_page(cls, token):
+        """The status and the HTML of the email of a preview token, for the
+        preview route, or PreviewRefused
+
+        The email is made as the user of the token sees it in the wizard,
+        while the user is still an active member of the Marketing group."""
+        pool = Pool()
+        Secret = pool.get('marketing.automation.email.secret')
+        User = pool.get('res.user')
+        Activity = pool.get('marketing.automation.activity')
+        Lang = pool.get('ir.lang')
+        transaction = Transaction()
+        try:
+            ticket = read_preview_token(Secret.get(), token)
+        except ValueError:
+            raise PreviewRefused(HTTPStatus.NOT_FOUND)
+        if ticket.expires < _now():
+            raise PreviewRefused(HTTPStatus.GONE)
+        if not User.search([('id', '=', ticket.user)], limit=1):
+            raise PreviewRefused(HTTPStatus.FORBIDDEN)
+        with transaction.set_user(ticket.user):
+            try:
+                check_marketer()
+            except AccessError:
+                raise PreviewRefused(HTTPStatus.FORBIDDEN)
+            context = User.get_preferences(context_only=True)
+        activities = Activity.search([('id', '=', ticket.activity)], limit=1)
+        model, record_id = ticket.record.split(',')
+        try:
+            Model = pool.get(model)
+        except KeyError:
+            raise PreviewRefused(HTTPStatus.NOT_FOUND)
+        if (not activities
+                or not Lang.search([('code', '=', ticket.language)])):
+            raise PreviewRefused(HTTPStatus.NOT_FOUND)
+        activity, = activities
+        with transaction.set_user(ticket.user), \
+                transaction.set_context(context):
+            trial = Trial(activity, Model(int(record_id)), ticket.language)
+            try:
+                composed, = trial.compose()
+            except TrialError as error:
+                return HTTPStatus.UNPROCESSABLE_ENTITY, _error_page(
+                    error.message)
+        _, html = message_parts(read_message(composed.message))
+        return HTTPStatus.OK, html
+
+    @classmethod
+    def test_unsubscribe_link(cls, token):
+        """The language and the signed next URL of the unsubscribe link of a
+        test email, for the test unsubscribe route, or PreviewRefused"""
+        pool = Pool()
+        Secret = pool.get('marketing.automation.email.secret')
+        try:
+            activity_id, language, next_ = unseal(
+                Secret.get(), TEST_UNSUBSCRIBE, token)
+        except ValueError:
+            raise PreviewRefused(HTTPStatus.NOT_FOUND)
+        if not isinstance(language, str) or not _LANGUAGE.fullmatch(
+                language):
+            raise PreviewRefused(HTTPStatus.NOT_FOUND)
+        if not (isinstance(next_, str) and mailing.is_web_url(next_)):
+            next_ = None
+        return language, next_
+
+
+def _error_page(message):
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"/>'
+        '<meta name="robots" content="noindex"/></head>'
+        '<body><pre style="white-space: pre-wrap">%s</pre></body></html>'
+        % html_escaping.escape(message))
+
+
+def first_record(scenario):
+    "The first record that the domain of scenario selects, None if none"
+    Model = Pool().get(scenario.model)
+    found = []
+
+    def search():
+        found.extend(Model.search(
+                scenario.decoded_domain(), order=[('id', 'ASC')], limit=1))
+    # a domain that fails leaves the choice to the marketer
+    contained(search)
+    return found[0] if found else None
+
+
+def default_language():
+    Lang = Pool().get('ir.lang')
+    langs = Lang.search([
+            ('code', '=', config.get('database', 'language', default='en')),
+            ], limit=1)
+    return langs[0] if langs else None
+
+
+def check_test_limit(count):
+    """Raise PreviewError when count more test emails would pass the limit
+    of the user for the last hour"""
+    pool = Pool()
+    IrEmail = pool.get('ir.email')
+    User = pool.get('res.user')
+    ir_email = IrEmail.__table__()
+    user = User.__table__()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    limit = config.getint('marketing', 'test_email_limit', default=20)
+    for_ = for_update(user)
+    if for_:
+        # one test of a user at a time: two cannot both pass the limit
+        cursor.execute(*user.select(
+                user.id, where=user.id == transaction.user, for_=for_))
+    since = datetime.datetime.now() - datetime.timedelta(hours=1)
+    cursor.execute(*ir_email.select(
+            Count(Literal('*')),
+            where=(ir_email.create_uid == transaction.user)
+            & (ir_email.marketing_automation_test == Literal(True))
+            & (ir_email.create_date >= since)))
+    sent, = cursor.fetchone()
+    if sent + count > limit:
+        raise PreviewError(gettext(
+                'marketing_automation.msg_preview_test_limit',
+                limit=limit, sent=sent, count=count))
+
+
+def deliver_tests(composed):
+    """Send the Composed test emails through the mail server of the real
+    ones; return those it accepted and the errors of the others by
+    recipient"""
+    sent, errors = [], {}
+    try:
+        server = get_smtp_server(strict=True)
+    except (OSError, smtplib.SMTPException) as exception:
+        return [], {c.to: _describe(exception) for c in composed}
+    try:
+        for email_ in composed:
+            try:
+                server.sendmail(
+                    _address(email_.sender), [_address(email_.to)],
+                    email_.message)
+            except smtplib.SMTPRecipientsRefused as exception:
+                code, text = next(iter(exception.recipients.values()))
+                errors[email_.to] = _describe(
+                    smtplib.SMTPResponseException(code, text))
+            except (OSError, smtplib.SMTPException) as exception:
+                errors[email_.to] = _describe(exception)
+            else:
+                sent.append(email_)
+    finally:
+        try:
+            server.quit()
+        except (OSError, smtplib.SMTPException):
+            pass
+    return sent, errors
+
+
+def log_tests(activity, sent):
+    "Log the test emails of the activity that were sent in ir.email"
+    IrEmail = Pool().get('ir.email')
+    IrEmail.create([{
+                'recipients': email_.to,
+                'subject': email_.subject,
+                'message_id': email_.message_id,
+                'resource': str(activity),
+                'marketing_automation_activity': activity.id,
+                'marketing_automation_test': True,
+                'addresses': [('create', [{'address': _address(email_.to)}])],
+                } for email_ in sent])
+
+
+# Who a scenario will reach
+
+class Scenario(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.scenario'
+
+    audience_selected = fields.Function(
+        fields.Integer(
+            "Selected", help="How many records the domain selects now."),
+        'get_audience')
+    audience_unsubscribed = fields.Function(
+        fields.Integer(
+            "Unsubscribed or Blocked",
+            help="How many of them are blocked in the scenario, or "
+            "unsubscribed from it."),
+        'get_audience')
+    audience_no_email = fields.Function(
+        fields.Integer(
+            "No Email Address",
+            help="How many of the others have no email address."),
+        'get_audience')
+    audience_reachable = fields.Function(
+        fields.Integer(
+            "Reachable",
+            help="How many of them the emails of the scenario will reach."),
+        'get_audience')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        cls._buttons.update({
+                'open_audience_%s' % kind: {
+                    'invisible': Eval('state') == 'stopped',
+                    'depends': ['state'],
+                    }
+                for kind in ['selected'] + AUDIENCE})
+
+    @classmethod
+    def view_attributes(cls):
+        return super().view_attributes() + [
+            ('//page[@id="audience"]', 'states', {
+                    'invisible': Eval('state') == 'stopped',
+                    }),
+            ]
+
+    def audience_conditions(self, table):
+        """The SQL conditions on table, of the scenario's model, that a
+        record is selected by the domain, is out of the scenario
+        (unsubscribed from it or blocked in it) and has an email address"""
+        pool = Pool()
+        Model = pool.get(self.model)
+        Record = pool.get('marketing.automation.record')
+        Unsubscribed = pool.get(
+            'party.party-unsubscribed-marketing.automation.scenario')
+        ContactMechanism = pool.get('party.contact_mechanism')
+        record = Record.__table__()
+        unsubscribed = Unsubscribed.__table__()
+        mechanism = ContactMechanism.__table__()
+        database = Transaction().database
+
+        selected = Model.search(self.decoded_domain(), order=[], query=True)
+        # as the email finds its address (_recipients)
+        with_email = Model.search([
+                ('marketing_party', 'in', mechanism.select(
+                        mechanism.party,
+                        where=(mechanism.type == 'email')
+                        & (mechanism.active == Literal(True))
+                        & (mechanism.value != ''))),
+                ], order=[], query=True)
+        prefix = self.model + ','
+        out = [('id', 'in', record.select(
+                    Cast(Substring(record.record, len(prefix) + 1),
+                        database.sql_type('INTEGER').base),
+                    where=(record.scenario == self.id)
+                    & (record.blocked == Literal(True))
+                    & Like(record.record, prefix + '%')))]
+        if self.unsubscribable:
+            out.append(('marketing_party', 'in', unsubscribed.select(
+                        unsubscribed.party,
+                        where=unsubscribed.scenario == self.id)))
+        out = Model.search(['OR', *out], order=[], query=True)
+        return (
+            table.id.in_(selected), table.id.in_(out),
+            table.id.in_(with_email))
+
+    @classmethod
+    def get_audience(cls, scenarios, names):
+        result = {n: {} for n in names}
+        for scenario in scenarios:
+            # nobody is reached from a stopped scenario
+            counts = (
+                scenario.audience_counts() if scenario.state != 'stopped'
+                else None)
+            for name in names:
+                result[name][scenario.id] = (
+                    counts[name[len('audience_'):]] if counts else None)
+        return result
+
+    def audience_counts(self):
+        """The counts of the audience, in one statement: the records the
+        domain selects, and those of them that are unsubscribed (or
+        blocked), without an email address or reachable; None when the
+        domain fails"""
+        Model = Pool().get(self.model)
+        table = Model.__table__()
+        cursor = Transaction().connection.cursor()
+        counts = []
+
+        def count():
+            selected, out, with_email = self.audience_conditions(table)
+            cursor.execute(*table.select(
+                    Count(Literal('*')),
+                    Sum(Case((out, 1), else_=0)),
+                    Sum(Case((~out & ~with_email, 1), else_=0)),
+                    where=selected))
+            counts.extend(cursor.fetchone())
+        # a domain that fails in the database must not break the form
+        if contained(count) is not None:
+            return None
+        selected, out, no_email = [c or 0 for c in counts]
+        return {
+            'selected': selected,
+            'unsubscribed': out,
+            'no_email': no_email,
+            'reachable': selected - out - no_email,
+            }
+
+    @classmethod
+    def _audience_scenario(cls, Model):
+        "The scenario of the context on Model, None if there is none"
+        scenario_id = Transaction().context.get('marketing_scenario')
+        if isinstance(scenario_id, int) and not isinstance(
+                scenario_id, bool):
+            scenarios = cls.search([
+                    ('id', '=', scenario_id),
+                    ('model', '=', Model.__name__),
+                    ], limit=1)
+            if scenarios:
+                return scenarios[0]
+
+    @classmethod
+    def audience_of(cls, Model, records):
+        """The audience of the scenario of the context to which each record
+        of Model belongs"""
+        result = {r.id: None for r in records}
+        scenario = cls._audience_scenario(Model)
+        if scenario is None:
+            return result
+        table = Model.__table__()
+        cursor = Transaction().connection.cursor()
+        selected, out, with_email = scenario.audience_conditions(table)
+        for sub in grouped_slice(list(result)):
+            cursor.execute(*table.select(
+                    table.id,
+                    Case((out, 'unsubscribed'), (~with_email, 'no_email'),
+                        else_='reachable'),
+                    where=reduce_ids(table.id, list(sub)) & selected))
+            result.update(cursor)
+        return result
+
+    @classmethod
+    def audience_domain(cls, Model, clause):
+        """The domain of the records of Model whose audience in the scenario
+        of the context matches clause"""
+        _, operator, value = clause[:3]
+        kinds = {None, *AUDIENCE}
+        if operator in {'=', '!='}:
+            given = {value}
+        elif operator in {'in', 'not in'}:
+            given = set(value or [])
+        else:
+            raise ValueError(f"Unsupported operator: {operator!r}")
+        wanted = given if operator in {'=', 'in'} else kinds - given
+        scenario = cls._audience_scenario(Model)
+        if scenario is None:
+            # no record is in the audience of no scenario
+            return [] if None in wanted else [('id', '=', None)]
+        table = Model.__table__()
+        selected, out, with_email = scenario.audience_conditions(table)
+        conditions = {
+            None: ~selected,
+            'unsubscribed': selected & out,
+            'no_email': selected & ~out & ~with_email,
+            'reachable': selected & ~out & with_email,
+            }
+        wanted = [conditions[k] for k in conditions if k in wanted]
+        if not wanted:
+            return [('id', '=', None)]
+        return [('id', 'in', table.select(table.id, where=Or(wanted)))]
+
+    @classmethod
+    @ModelView.button_action('marketing_automation.act_audience')
+    def open_audience_selected(cls, scenarios):
+        return cls._audience_action(scenarios, None)
+
+    @classmethod
+    @ModelView.button_action('marketing_automation.act_audience')
+    def open_audience_unsubscribed(cls, scenarios):
+        return cls._audience_action(scenarios, 'unsubscribed')
+
+    @classmethod
+    @ModelView.button_action('marketing_automation.act_audience')
+    def open_audience_no_email(cls, scenarios):
+        return cls._audience_action(scenarios, 'no_email')
+
+    @classmethod
+    @ModelView.button_action('marketing_automation.act_audience')
+    def open_audience_reachable(cls, scenarios):
+        return cls._audience_action(scenarios, 'reachable')
+
+    @classmethod
+    def _audience_action(cls, scenarios, kind):
+        "The action that lists the records of the audience of kind"
+        scenario = scenarios[0]
+        name = 'audience_%s' % (kind or 'selected')
+        if kind:
+            domain = [('marketing_audience', '=', kind)]
+        else:
+            domain = [('marketing_audience', '!=', None)]
+        encoder = PYSONEncoder()
+        return {
+            'res_model': scenario.model,
+            # the client adds the name of the scenario
+            'name': cls.fields_get([name])[name]['string'],
+            'pyson_domain': encoder.encode(domain),
+            'pyson_context': encoder.encode({
+                    'marketing_scenario': scenario.id,
+                    }),
+            }

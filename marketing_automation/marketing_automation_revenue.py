@@ -1,0 +1,613 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Revenue: the sales that the emails of the scenarios brought.
+
+With the sale module, a sale is attributed when it is confirmed: for each
+scenario, to the last email of the scenario that was clicked for the sale's
+records before the confirmation, within the scenario's attribution window
+(``Attribution.attribute``).  The records of a sale are those of its party,
+and for a scenario on sales the sale itself
+(``Sale.marketing_attribution_references`` in ``sale.py``).
+
+The clicks are read through one method, ``RecordActivity.clicks``: by
+default the time of the last click of each email, written when the click
+fires its event.
+
+The figures count the attributed sales that are confirmed, processing or
+done: a sale cancelled later, or back to draft, stops counting.  The revenue
+is the untaxed amount of the sale in the currency of its company, converted
+at the date of the sale, and every figure is that of the company of the
+context, so that amounts in different currencies are never added.
+"""
+import datetime
+from collections import defaultdict
+from decimal import Decimal
+
+from dateutil.relativedelta import relativedelta
+from sql import Literal, Null
+from sql.aggregate import Count, Sum
+from sql.conditionals import Case, Coalesce
+from sql.functions import Round
+
+from trytond import backend
+from trytond.model import Index, ModelSQL, ModelView, Unique, fields
+from trytond.modules.currency.fields import Monetary
+from trytond.pool import Pool, PoolMeta
+from trytond.pyson import Eval, PYSONEncoder
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.transaction import Transaction
+from trytond.wizard import StateAction, Wizard
+
+from .marketing_automation import _now
+
+# The states of the sales that count: confirmed, and not cancelled since
+COUNTED_STATES = ['confirmed', 'processing', 'done']
+DEFAULT_WINDOW = datetime.timedelta(days=7)
+SEND_EMAIL = 'send_email'
+
+
+def _timedelta(value):
+    "A duration as the database gives it (seconds on SQLite)"
+    if value is None or isinstance(value, datetime.timedelta):
+        return value
+    return datetime.timedelta(seconds=value)
+
+
+def _datetime(value):
+    if isinstance(value, str):
+        return datetime.datetime.fromisoformat(value)
+    return value
+
+
+def context_company():
+    "The company of the context, whose figures are shown, or None"
+    pool = Pool()
+    Company = pool.get('company.company')
+    company_id = Transaction().context.get('company')
+    if company_id is not None and company_id >= 0:
+        return Company(company_id)
+
+
+class Attribution(ModelSQL, ModelView):
+    "A sale attributed to the last email of a scenario clicked before it"
+    __name__ = 'marketing.automation.attribution'
+
+    sale = fields.Many2One(
+        'sale.sale', "Sale", required=True, ondelete='CASCADE',
+        readonly=True)
+    scenario = fields.Many2One(
+        'marketing.automation.scenario', "Scenario", required=True,
+        ondelete='CASCADE', readonly=True)
+    activity = fields.Many2One(
+        'marketing.automation.activity', "Activity", required=True,
+        ondelete='CASCADE', readonly=True,
+        help="The activity whose email was clicked last before the sale.")
+    record = fields.Many2One(
+        'marketing.automation.record', "Record", required=True,
+        ondelete='CASCADE', readonly=True)
+    record_activity = fields.Many2One(
+        'marketing.automation.record.activity', "Record Activity",
+        required=True, ondelete='CASCADE', readonly=True)
+    clicked = fields.DateTime(
+        "Clicked", readonly=True, help="When the email was clicked.")
+    confirmed = fields.DateTime(
+        "Confirmed", readonly=True, help="When the sale was confirmed.")
+    company = fields.Many2One(
+        'company.company', "Company", required=True, ondelete='CASCADE',
+        readonly=True)
+    currency = fields.Many2One(
+        'currency.currency', "Currency", required=True, readonly=True)
+    amount = Monetary(
+        "Untaxed Amount", currency='currency', digits='currency',
+        readonly=True,
+        help="The untaxed amount of the sale in the currency of its "
+        "company, empty when no rate converts it.")
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_constraints += [
+            ('sale_scenario_unique', Unique(t, t.sale, t.scenario),
+                'marketing_automation.msg_attribution_sale_scenario_unique'),
+            ]
+        cls._sql_indexes.update({
+                Index(t, (t.scenario, Index.Equality())),
+                Index(t, (t.activity, Index.Equality())),
+                Index(t, (t.record, Index.Equality())),
+                Index(t, (t.record_activity, Index.Equality())),
+                })
+        cls._order.insert(0, ('confirmed', 'DESC'))
+
+    def get_rec_name(self, name):
+        return '%s @ %s' % (self.sale.rec_name, self.scenario.rec_name)
+
+    @classmethod
+    def attribute(cls, sales):
+        """Attribute the sales, confirmed now, for each scenario, to the
+        last email of the scenario clicked for one of their records before
+        now and within the scenario's attribution window
+
+        What an earlier confirmation of the sales attributed is forgotten."""
+        pool = Pool()
+        Sale = pool.get('sale.sale')
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        table = cls.__table__()
+        scenario = Scenario.__table__()
+        record = Record.__table__()
+        record_activity = RecordActivity.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        now = _now()
+
+        sales = [s for s in Sale.browse([s.id for s in sales])
+            if s.state in COUNTED_STATES]
+        for sub in grouped_slice(sales, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.delete(
+                    where=reduce_ids(table.sale, [s.id for s in sub])))
+        sales_of = defaultdict(list)
+        for sale in sales:
+            for reference in sale.marketing_attribution_references():
+                sales_of[reference].append(sale)
+        if not sales_of:
+            return
+
+        clicks = RecordActivity.clicks()
+        from_ = (clicks
+            .join(record_activity,
+                condition=clicks.record_activity == record_activity.id)
+            .join(record, condition=record_activity.record == record.id)
+            .join(scenario, condition=record.scenario == scenario.id))
+        # the last click of each sale and scenario: (time, entry, activity,
+        # record)
+        last = {}
+        for sub in grouped_slice(list(sales_of), backend.MAX_QUERY_PARAMS):
+            cursor.execute(*from_.select(
+                    record.record, record.scenario, record.id,
+                    record_activity.id, record_activity.activity,
+                    clicks.date, scenario.attribution_window,
+                    where=record.record.in_(list(sub))
+                    & (clicks.date <= now)))
+            for (reference, scenario_id, record_id, record_activity_id,
+                    activity_id, clicked, window) in cursor:
+                clicked = _datetime(clicked)
+                window = _timedelta(window)
+                if window is None or clicked < now - window:
+                    continue
+                click = (clicked, record_activity_id, activity_id, record_id)
+                for sale in sales_of[reference]:
+                    key = (sale.id, scenario_id)
+                    if key not in last or click > last[key]:
+                        last[key] = click
+        if not last:
+            return
+
+        amounts = {s.id: s.marketing_company_amount() for s in sales}
+        sale_of = {s.id: s for s in sales}
+        rows = []
+        for (sale_id, scenario_id), click in last.items():
+            clicked, record_activity_id, activity_id, record_id = click
+            sale = sale_of[sale_id]
+            rows.append([
+                    transaction.user, now, sale_id, scenario_id, activity_id,
+                    record_id, record_activity_id, clicked, now,
+                    sale.company.id, sale.company.currency.id,
+                    amounts[sale_id]])
+        columns = [table.create_uid, table.create_date, table.sale,
+            table.scenario, table.activity, table.record,
+            table.record_activity, table.clicked, table.confirmed,
+            table.company, table.currency, table.amount]
+        for sub in grouped_slice(rows, backend.MAX_QUERY_PARAMS // 20):
+            cursor.execute(*table.insert(columns, list(sub)))
+
+    @classmethod
+    def counted(cls, table, sale):
+        """The SQL condition that the attributions of table, joined to their
+        sale, count in the figures of the company of the context"""
+        company = context_company()
+        if not company:
+            return Literal(False)
+        return (table.company == company.id) & sale.state.in_(COUNTED_STATES)
+
+    @classmethod
+    def by(cls, field):
+        """The query of the attributions that count, by field: field, the
+        number of sales (sale_count) and their amount (revenue)"""
+        pool = Pool()
+        Sale = pool.get('sale.sale')
+        table = cls.__table__()
+        sale = Sale.__table__()
+        column = getattr(table, field)
+        return table.join(sale, condition=table.sale == sale.id).select(
+            column.as_(field),
+            Count(Literal('*')).as_('sale_count'),
+            Sum(table.amount).as_('revenue'),
+            where=cls.counted(table, sale),
+            group_by=[column])
+
+    @classmethod
+    def figures(cls, field, ids, names, sent):
+        """The revenue figures of names for the ids of field (scenario or
+        activity), whose emails sent are sent ({id: count})"""
+        cursor = Transaction().connection.cursor()
+        company = context_company()
+        counts = {i: (0, Decimal(0)) for i in ids}
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            query = cls.by(field)
+            cursor.execute(*query.select(
+                    getattr(query, field), query.sale_count,
+                    cls.amount.sql_cast(query.revenue),
+                    where=reduce_ids(getattr(query, field), list(sub))))
+            for id_, count, revenue in cursor:
+                counts[id_] = (count, Decimal(revenue or 0))
+        result = {n: {} for n in names}
+        for id_, (count, revenue) in counts.items():
+            if company:
+                currency = company.currency
+                revenue = currency.round(revenue)
+                per_email = (
+                    currency.round(revenue / sent[id_]) if sent.get(id_)
+                    else Decimal(0))
+                values = {
+                    'currency': currency.id,
+                    'sale_count': count,
+                    'revenue': revenue,
+                    'revenue_per_email': per_email,
+                    }
+            else:
+                values = dict.fromkeys(
+                    ['currency', 'revenue', 'revenue_per_email'])
+                values['sale_count'] = count
+            for name in names:
+                result[name][id_] = values[name]
+        return result
+
+
+def _revenue_columns(Model, sales, revenue, sent):
+    """The columns of the revenue of a reporting: the attributed sales and
+    their revenue, whose emails sent are sent, in the currency of the
+    company of the context"""
+    company = context_company()
+    digits = company.currency.digits if company else 2
+    per_email = Case((sent > 0, revenue / sent), else_=Literal(0))
+    return [
+        Model.sale_count.sql_cast(sales).as_('sale_count'),
+        Model.revenue.sql_cast(Round(revenue, digits)).as_('revenue'),
+        Model.revenue_per_email.sql_cast(Round(per_email, digits)).as_(
+            'revenue_per_email'),
+        Model.currency.sql_cast(
+            Literal(company.currency.id if company else None)).as_(
+            'currency'),
+        ]
+
+
+def _period_end(date, period):
+    "The first day after the period of the reporting that starts on date"
+    return date + relativedelta(**{period + 's': 1})
+
+
+class Scenario(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.scenario'
+
+    attribution_window = fields.TimeDelta(
+        "Attribution Window", required=True,
+        domain=[('attribution_window', '>=', datetime.timedelta())],
+        help="How long after a click on one of the emails of the scenario "
+        "a sale of the record is attributed to the scenario.")
+    currency = fields.Function(
+        fields.Many2One('currency.currency', "Currency"), 'get_revenue')
+    sale_count = fields.Function(
+        fields.Integer(
+            "Attributed Sales",
+            help="The sales attributed to the emails of the scenario."),
+        'get_revenue')
+    revenue = fields.Function(
+        Monetary(
+            "Revenue", currency='currency', digits='currency',
+            help="The untaxed amount of the attributed sales, in the "
+            "currency of the company."),
+        'get_revenue')
+    revenue_per_email = fields.Function(
+        Monetary(
+            "Revenue per Email Sent", currency='currency', digits='currency',
+            help="The revenue per email that the mail server accepted."),
+        'get_revenue')
+
+    @classmethod
+    def default_attribution_window(cls):
+        return DEFAULT_WINDOW
+
+    @classmethod
+    def get_revenue(cls, scenarios, names):
+        pool = Pool()
+        Attribution = pool.get('marketing.automation.attribution')
+        ids = [s.id for s in scenarios]
+        return Attribution.figures(
+            'scenario', ids, names, cls.emails_sent(ids))
+
+    @classmethod
+    def emails_sent(cls, ids):
+        "The number of emails sent to the records of each scenario of ids"
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record = Record.__table__()
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        sent = {}
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*record_activity.join(
+                    record, condition=record_activity.record == record.id
+                    ).select(
+                    record.scenario, Count(Literal('*')),
+                    where=reduce_ids(record.scenario, list(sub))
+                    & (record_activity.state == 'done')
+                    & (record_activity.email_sent == Literal(True)),
+                    group_by=[record.scenario]))
+            sent.update(cursor)
+        return sent
+
+
+class Activity(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.activity'
+
+    _email_states = {
+        'invisible': Eval('action') != SEND_EMAIL,
+        }
+
+    currency = fields.Function(
+        fields.Many2One('currency.currency', "Currency"), 'get_revenue')
+    sale_count = fields.Function(
+        fields.Integer(
+            "Attributed Sales", states=_email_states,
+            help="The sales attributed to the email of the activity: its "
+            "click was the last one of the scenario before the sale."),
+        'get_revenue')
+    revenue = fields.Function(
+        Monetary(
+            "Revenue", currency='currency', digits='currency',
+            states=_email_states,
+            help="The untaxed amount of the attributed sales, in the "
+            "currency of the company."),
+        'get_revenue')
+    revenue_per_email = fields.Function(
+        Monetary(
+            "Revenue per Email Sent", currency='currency', digits='currency',
+            states=_email_states,
+            help="The revenue per email that the mail server accepted."),
+        'get_revenue')
+
+    del _email_states
+
+    @classmethod
+    def get_revenue(cls, activities, names):
+        pool = Pool()
+        Attribution = pool.get('marketing.automation.attribution')
+        sent = cls.get_email_statistics(activities, ['email_sent'])
+        return Attribution.figures(
+            'activity', [a.id for a in activities], names,
+            sent['email_sent'])
+
+
+class Record(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.record'
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        # the attribution finds the records of the sales by reference
+        cls._sql_indexes.add(Index(t, (t.record, Index.Equality())))
+
+
+class RecordActivity(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.record.activity'
+
+    email_last_clicked = fields.DateTime(
+        "Email Last Clicked", readonly=True,
+        states={
+            'invisible': Eval('activity_action') != SEND_EMAIL,
+            },
+        help="When a link of the email was last clicked.")
+
+    @classmethod
+    def copy(cls, record_activities, default=None):
+        default = default.copy() if default else {}
+        default.setdefault('email_last_clicked', None)
+        return super().copy(record_activities, default=default)
+
+    @classmethod
+    def on_events(cls, record_activities, events):
+        super().on_events(record_activities, events)
+        if 'email_clicked' in events:
+            # every click, not only the first
+            table = cls.__table__()
+            cursor = Transaction().connection.cursor()
+            now = _now()
+            for sub in grouped_slice(
+                    list(map(int, record_activities)),
+                    backend.MAX_QUERY_PARAMS):
+                cursor.execute(*table.update(
+                        [table.email_last_clicked], [now],
+                        where=reduce_ids(table.id, sub)
+                        & (table.state == 'done')))
+
+    @classmethod
+    def clicks(cls):
+        """The clicks that bring sales, as a query of rows (record_activity,
+        date): by default the last click of each email sent
+
+        Override it to read the clicks elsewhere, for example to keep only
+        those that people made."""
+        table = cls.__table__()
+        return table.select(
+            table.id.as_('record_activity'),
+            table.email_last_clicked.as_('date'),
+            where=(table.email_last_clicked != Null)
+            & (table.email_sent == Literal(True)))
+
+
+class ReportingContext(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.reporting.context'
+
+    company = fields.Many2One(
+        'company.company', "Company", required=True,
+        help="The company whose sales are counted.")
+
+    @classmethod
+    def default_company(cls):
+        return Transaction().context.get('company')
+
+
+class _ReportingRevenue:
+    "The revenue of the rows of a reporting"
+    __slots__ = ()
+
+    sale_count = fields.Integer("Attributed Sales")
+    revenue = Monetary(
+        "Revenue", currency='currency', digits='currency',
+        help="The untaxed amount of the attributed sales, in the currency "
+        "of the company of the context.")
+    revenue_per_email = Monetary(
+        "Revenue per Email Sent", currency='currency', digits='currency')
+    currency = fields.Many2One('currency.currency', "Currency")
+
+    def attributed_sales(self):
+        "The ids of the sales that the row counts"
+        pool = Pool()
+        Attribution = pool.get('marketing.automation.attribution')
+        Sale = pool.get('sale.sale')
+        attribution = Attribution.__table__()
+        sale = Sale.__table__()
+        cursor = Transaction().connection.cursor()
+        from_, where = self._attributed_sales(attribution)
+        cursor.execute(*from_.join(
+                sale, condition=attribution.sale == sale.id).select(
+                attribution.sale,
+                where=where & Attribution.counted(attribution, sale)))
+        return {s for s, in cursor}
+
+    def _attributed_sales(self, attribution):
+        """The FROM item that joins attribution to the rows of the row, and
+        the condition that selects them"""
+        raise NotImplementedError
+
+    def _in_period(self, column):
+        "The SQL condition that column falls in the period of the row"
+        start = datetime.datetime.combine(self.date, datetime.time())
+        end = datetime.datetime.combine(
+            _period_end(self.date, self._period()), datetime.time())
+        return ((column >= start) & (column < end)
+            & self._where_date(column))
+
+
+class ReportingScenario(_ReportingRevenue, metaclass=PoolMeta):
+    __name__ = 'marketing.automation.reporting.scenario'
+
+    email_sent = fields.Integer(
+        "Emails Sent",
+        help="The emails that the mail server accepted for the records.")
+
+    @classmethod
+    def _joins(cls):
+        pool = Pool()
+        Attribution = pool.get('marketing.automation.attribution')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record_activity = RecordActivity.__table__()
+        from_item, tables, withs = super()._joins()
+        record = tables['record']
+        attributed = Attribution.by('record')
+        sent = record_activity.select(
+            record_activity.record.as_('record'),
+            Count(Literal('*')).as_('email_sent'),
+            where=(record_activity.state == 'done')
+            & (record_activity.email_sent == Literal(True)),
+            group_by=[record_activity.record])
+        from_item = (from_item
+            .join(attributed, 'LEFT',
+                condition=attributed.record == record.id)
+            .join(sent, 'LEFT', condition=sent.record == record.id))
+        tables['attributed'] = attributed
+        tables['sent'] = sent
+        return from_item, tables, withs
+
+    @classmethod
+    def _columns(cls, tables, withs):
+        attributed = tables['attributed']
+        sent = Sum(Coalesce(tables['sent'].email_sent, 0))
+        return super()._columns(tables, withs) + [
+            cls.email_sent.sql_cast(sent).as_('email_sent'),
+            ] + _revenue_columns(
+            cls, Sum(Coalesce(attributed.sale_count, 0)),
+            Sum(Coalesce(attributed.revenue, 0)), sent)
+
+    def _attributed_sales(self, attribution):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        return (
+            attribution.join(
+                record, condition=attribution.record == record.id),
+            (record.scenario == self.scenario.id)
+            & self._in_period(record.create_date))
+
+
+class ReportingActivity(_ReportingRevenue, metaclass=PoolMeta):
+    __name__ = 'marketing.automation.reporting.activity'
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        for name in ['sale_count', 'revenue', 'revenue_per_email']:
+            getattr(cls, name).states = {
+                'invisible': Eval('activity_action') != SEND_EMAIL,
+                }
+
+    @classmethod
+    def _joins(cls):
+        pool = Pool()
+        Attribution = pool.get('marketing.automation.attribution')
+        from_item, tables, withs = super()._joins()
+        record_activity = tables['record_activity']
+        attributed = Attribution.by('record_activity')
+        from_item = from_item.join(attributed, 'LEFT',
+            condition=attributed.record_activity == record_activity.id)
+        tables['attributed'] = attributed
+        return from_item, tables, withs
+
+    @classmethod
+    def _columns(cls, tables, withs):
+        record_activity = tables['record_activity']
+        attributed = tables['attributed']
+        sent = Sum(Case(
+                (record_activity.email_sent == Literal(True), 1), else_=0))
+        return super()._columns(tables, withs) + _revenue_columns(
+            cls, Sum(Coalesce(attributed.sale_count, 0)),
+            Sum(Coalesce(attributed.revenue, 0)), sent)
+
+    def _attributed_sales(self, attribution):
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record_activity = RecordActivity.__table__()
+        return (
+            attribution.join(record_activity,
+                condition=attribution.record_activity == record_activity.id),
+            (record_activity.activity == self.activity.id)
+            & (record_activity.state == 'done')
+            & self._in_period(record_activity.at))
+
+
+class ReportingOpenSales(Wizard):
+    "Open the sales that rows of the reporting count"
+    __name__ = 'marketing.automation.reporting.open_sales'
+    start_state = 'open_'
+    open_ = StateAction('sale.act_sale_form')
+
+    def do_open_(self, action):
+        sale_ids = set()
+        for row in self.records:
+            sale_ids |= row.attributed_sales()
+        action['pyson_domain'] = PYSONEncoder().encode(
+            [('id', 'in', sorted(sale_ids))])
+        return action, {}
