@@ -22,7 +22,7 @@ import datetime
 import functools
 from collections import defaultdict
 
-from sql import Conflict, Excluded, Literal
+from sql import Conflict, Literal, Table
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 from sql.operators import Exists
@@ -39,7 +39,7 @@ from trytond.transaction import Transaction
 from . import marketing_automation as engine
 from . import pacing
 from .marketing_automation_email import SEND_EMAIL
-from .tools import for_update
+from .tools import batch_size, for_update
 
 CAP = 'cap'
 # an email that the cap holds back waits a week at most by default
@@ -68,6 +68,26 @@ def cap_delay():
     if seconds < 0:
         raise pacing.CapError('delay', value)
     return datetime.timedelta(seconds=seconds)
+
+
+class _Excluded(Table):
+    """The row that ON CONFLICT DO UPDATE could not insert, named as the
+    databases know it: python-sql's Excluded quotes it in upper case, a
+    name that PostgreSQL does not know"""
+
+    def __init__(self):
+        super().__init__('excluded')
+
+    @property
+    def alias(self):
+        return 'excluded'
+
+    @property
+    def has_alias(self):
+        return False
+
+
+Excluded = _Excluded()
 
 
 class Scenario(metaclass=PoolMeta):
@@ -239,7 +259,7 @@ class RecordActivity(metaclass=PoolMeta):
         on_conflict = Conflict(
             lock, indexed_columns=[lock.party], columns=[lock.checked],
             values=[Excluded.checked])
-        for sub in grouped_slice(party_ids, backend.MAX_QUERY_PARAMS // 4):
+        for sub in grouped_slice(party_ids, batch_size()):
             cursor.execute(*lock.insert(
                     [lock.create_uid, lock.create_date, lock.party,
                         lock.checked],
@@ -295,7 +315,7 @@ class RecordActivity(metaclass=PoolMeta):
                 slot, indexed_columns=[slot.record_activity],
                 columns=[slot.party, slot.at],
                 values=[Excluded.party, Excluded.at])
-        for sub in grouped_slice(entries, backend.MAX_QUERY_PARAMS // 5):
+        for sub in grouped_slice(entries, batch_size()):
             sub = list(sub)
             if on_conflict is None:
                 cursor.execute(*slot.delete(where=reduce_ids(

@@ -268,7 +268,7 @@ class Event(ModelSQL, ModelView):
         # one link hammered by a stranger does not grow the ledger
         limit = config.getint('marketing', 'event_rate_limit', default=10)
         cursor.execute(*table.select(
-                Count(Literal('*')), Max(table.id),
+                Count(), Max(table.id),
                 where=(table.url == url_id)
                 & (table.at >= now - datetime.timedelta(minutes=1))))
         count, last = cursor.fetchone()

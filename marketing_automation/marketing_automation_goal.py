@@ -131,7 +131,7 @@ class Scenario(metaclass=PoolMeta):
         counts = {s.id: (0, 0) for s in scenarios}
         for sub in grouped_slice(scenarios, backend.MAX_QUERY_PARAMS):
             cursor.execute(*record.select(
-                    record.scenario, Count(Literal('*')),
+                    record.scenario, Count(),
                     Sum(Case((record.converted_date != Null, 1), else_=0)),
                     where=reduce_ids(record.scenario, [s.id for s in sub]),
                     group_by=[record.scenario]))
@@ -228,7 +228,8 @@ class Scenario(metaclass=PoolMeta):
         met = set()
         for day, record_of in groups.items():
             goal = self.decoded_goal(day or datetime.date.today())
-            for sub in grouped_slice(list(record_of)):
+            for sub in grouped_slice(
+                    list(record_of), backend.MAX_QUERY_PARAMS):
                 met.update(record_of[r.id] for r in Model.search(
                         [goal, ('id', 'in', list(sub))], order=[]))
         return met
@@ -356,5 +357,5 @@ class ReportingScenario(metaclass=PoolMeta):
         converted = Sum(Case((record.converted_date != Null, 1), else_=0))
         return super()._columns(tables, withs) + [
             converted.as_('record_count_converted'),
-            rate(converted, Count(Literal('*'))).as_('conversion_rate'),
+            rate(converted, Count()).as_('conversion_rate'),
             ]

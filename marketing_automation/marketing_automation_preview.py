@@ -55,6 +55,7 @@ from .exceptions import ActivityFault, PreviewError
 from .marketing_automation import Entry, marketing_parties
 from .marketing_automation_email import (
     SEND_EMAIL, EmailBatch, Recipient, _address, _describe, _recipients)
+from .mixin import MarketingAutomationMixin
 from .tools import contained, for_update
 
 TEST_MARK = '[Test]'
@@ -398,7 +399,8 @@ class ActivityPreviewStart(ModelView):
 
     @fields.depends('record', methods=['show'])
     def on_change_record(self):
-        if self.chosen_record():
+        check_marketer()
+        if isinstance(self.chosen_record(), MarketingAutomationMixin):
             self.language = record_language(self.record)
         self.show()
 
@@ -673,7 +675,7 @@ def check_test_limit(count):
                 user.id, where=user.id == transaction.user, for_=for_))
     since = datetime.datetime.now() - datetime.timedelta(hours=1)
     cursor.execute(*ir_email.select(
-            Count(Literal('*')),
+            Count(),
             where=(ir_email.create_uid == transaction.user)
             & (ir_email.marketing_automation_test == Literal(True))
             & (ir_email.create_date >= since)))
@@ -839,7 +841,7 @@ class Scenario(metaclass=PoolMeta):
         def count():
             selected, out, with_email = self.audience_conditions(table)
             cursor.execute(*table.select(
-                    Count(Literal('*')),
+                    Count(),
                     Sum(Case((out, 1), else_=0)),
                     Sum(Case((~out & ~with_email, 1), else_=0)),
                     where=selected))
@@ -941,6 +943,8 @@ class Scenario(metaclass=PoolMeta):
     @classmethod
     def _audience_action(cls, scenarios, kind):
         "The action that lists the records of the audience of kind"
+        if not scenarios:
+            return
         scenario = scenarios[0]
         name = 'audience_%s' % (kind or 'selected')
         if kind:

@@ -221,7 +221,7 @@ class Attribution(ModelSQL, ModelView):
         column = getattr(table, field)
         return table.join(sale, condition=table.sale == sale.id).select(
             column.as_(field),
-            Count(Literal('*')).as_('sale_count'),
+            Count().as_('sale_count'),
             Sum(table.amount).as_('revenue'),
             where=cls.counted(table, sale),
             group_by=[column])
@@ -340,7 +340,7 @@ class Scenario(metaclass=PoolMeta):
             cursor.execute(*record_activity.join(
                     record, condition=record_activity.record == record.id
                     ).select(
-                    record.scenario, Count(Literal('*')),
+                    record.scenario, Count(),
                     where=reduce_ids(record.scenario, list(sub))
                     & (record_activity.state == 'done')
                     & (record_activity.email_sent == Literal(True)),
@@ -520,7 +520,7 @@ class ReportingScenario(_ReportingRevenue, metaclass=PoolMeta):
         attributed = Attribution.by('record')
         sent = record_activity.select(
             record_activity.record.as_('record'),
-            Count(Literal('*')).as_('email_sent'),
+            Count().as_('email_sent'),
             where=(record_activity.state == 'done')
             & (record_activity.email_sent == Literal(True)),
             group_by=[record_activity.record])

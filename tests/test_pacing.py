@@ -735,10 +735,9 @@ class PacingTestCase(SendingTestMixin, TestCase):
                 {e.state for e in self.entries(s).values()}
                 for s in scenarios]
             waiting = [
-                e for s in scenarios for e in self.entries(s).values()
-                if e.state == 'waiting']
-        self.assertEqual(len(waiting), len(names))
-        self.assertTrue(all(e.waiting_for == 'cap' for e in waiting))
+                e.waiting_for for s in scenarios
+                for e in self.entries(s).values() if e.state == 'waiting']
+        self.assertEqual(waiting, ['cap'] * len(names))
         self.assertIn({'done'}, states)
 
     # Workers

@@ -941,6 +941,7 @@ class Steps:
         """preview the welcome email for the first party, and open it in a
         browser window: its links go to their targets"""
         c = self.client
+        c.page('Activities')
         c.open_row('Activities', WELCOME)
         activity = c.until(c.dialog, "no dialog for the activity")
         self.activity_dialog = activity
@@ -960,7 +961,10 @@ class Steps:
         shown = {label: c.value(label, wizard) for label in expected}
         self.check(shown == expected,
             f"the preview shows {shown}, not {expected}")
-        text = c.value('Plain Text', wizard)
+        # the text of the page "Plain Text", shown first
+        text = c.until(lambda: c.visible(c.by_css(
+                    wizard, '.tab-pane.active textarea')),
+            "the preview shows no plain text").get_property('value')
         self.check('our shop (https://example.com/shop)' in text,
             f"the plain text does not link the shop: {text!r}")
         self.screenshot('preview-wizard.png')

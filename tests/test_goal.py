@@ -1,0 +1,491 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Goals and revenue: the edges that the scenarios of the docs leave out.
+
+A goal that is not a domain is refused on save; one that fails under the
+crons stops its scenario only, and its entries wait; a record whose
+underlying record was deleted is not converted; the goal sees the day each
+record entered; the check costs the same few statements whatever the size
+of the batch.  The revenue is that of the company of the context, in its
+currency, and a sale without a rate counts without an amount.
+"""
+import datetime as dt
+import logging
+import uuid
+from decimal import Decimal
+
+from trytond.modules.company.tests import create_company, set_company
+from trytond.modules.currency.tests import add_currency_rate, create_currency
+from trytond.modules.marketing_automation.exceptions import DomainError
+from trytond.pool import Pool
+from trytond.pyson import Eval, PYSONEncoder
+from trytond.tests.test_tryton import (
+    TestCase, activate_module, drop_db, with_transaction)
+from trytond.transaction import Transaction
+
+from .test_email import BASE, SENDER, inspecting
+from .tools import SendingTestMixin, SMTPServer, committed
+
+LOGGER = 'trytond.modules.marketing_automation'
+BOUGHT = ['confirmed', 'processing', 'done']
+
+
+def encode(value):
+    return PYSONEncoder().encode(value)
+
+
+def email(name, **values):
+    return {
+        'name': name,
+        'action': 'send_email',
+        'email_title': name,
+        'email_template': '<p>%s: hello ${record.name}</p>' % name,
+        **values,
+        }
+
+
+class GoalTestCase(SendingTestMixin, TestCase):
+    "The goal of a scenario under the crons"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        drop_db()
+        cls.addClassCleanup(drop_db)
+        activate_module(['marketing_automation', 'sale'])
+
+    def setUp(self):
+        super().setUp()
+        self.smtp = SMTPServer().start()
+        self.addCleanup(self.smtp.stop)
+        self.configure({
+                ('email', 'uri'): self.smtp.uri(timeout=5),
+                ('marketing', 'automation_base'): BASE,
+                ('marketing', 'email_from'): SENDER,
+                })
+        self.addCleanup(self.stop_scenarios)
+
+    def create_parties(self, *names):
+        with committed():
+            Party = Pool().get('party.party')
+            return [p.id for p in Party.create([{
+                            'name': '%s %s' % (name, self._testMethodName),
+                            'addresses': [('create', [{}])],
+                            'contact_mechanisms': [('create', [{
+                                            'type': 'email',
+                                            'value': '%s@example.com' % (
+                                                name.lower()),
+                                            }])],
+                            } for name in names])]
+
+    def start_scenario(self, party_ids, goal, activities, name="Spring"):
+        with committed():
+            Scenario = Pool().get('marketing.automation.scenario')
+            scenario, = Scenario.create([{
+                        'name': '%s %s' % (name, self._testMethodName),
+                        'model': 'party.party',
+                        'domain': encode([('id', 'in', party_ids)]),
+                        'goal': encode(goal) if goal is not None else None,
+                        'activities': [('create', activities)],
+                        }])
+            Scenario.run([scenario])
+            return scenario.id
+
+    def store_goal(self, scenario_id, goal):
+        "Write the goal straight into the table, as the checks never saw it"
+        with committed():
+            Scenario = Pool().get('marketing.automation.scenario')
+            table = Scenario.__table__()
+            cursor = Transaction().connection.cursor()
+            cursor.execute(*table.update(
+                    [table.goal], [encode(goal)],
+                    where=table.id == scenario_id))
+
+    def trigger(self):
+        with committed():
+            Pool().get('marketing.automation.scenario').trigger()
+
+    def process(self):
+        with committed():
+            Pool().get('marketing.automation.record.activity').process()
+
+    def make_due(self, scenario_id):
+        "Make the waiting entries of the scenario due"
+        with committed():
+            pool = Pool()
+            RecordActivity = pool.get('marketing.automation.record.activity')
+            due = dt.datetime.now() - dt.timedelta(minutes=1)
+            RecordActivity.write(RecordActivity.search([
+                        ('record.scenario', '=', scenario_id),
+                        ('state', '=', 'waiting'),
+                        ]), {'at': due})
+
+    def entries(self, scenario_id):
+        "The (party name, activity, state, error) of the entries, sorted"
+        RecordActivity = Pool().get('marketing.automation.record.activity')
+        return sorted(
+            (e.record.record.name.split()[0], e.activity.name, e.state,
+                e.error)
+            for e in RecordActivity.search([
+                    ('record.scenario', '=', scenario_id)]))
+
+    def received_by(self):
+        return sorted(r for m in self.smtp.received() for r in m.rcpt_tos)
+
+    def test_invalid_goal_refused(self):
+        "A goal that is not a domain of the model is refused on save"
+        for goal in [
+                '[("no_such_field", "=", 1)]',
+                'not pyson',
+                '{"a": 1}',
+                ]:
+            with self.subTest(goal=goal):
+                with committed():
+                    Scenario = Pool().get('marketing.automation.scenario')
+                    with self.assertRaises(DomainError) as raised:
+                        Scenario.create([{
+                                    'name': "Broken goal",
+                                    'goal': goal,
+                                    }])
+                    Transaction().rollback()
+                message = raised.exception.message
+                self.assertIn(goal, message)
+                self.assertIn("Broken goal", message)
+                self.assertIn("goal", message.lower())
+
+    def test_goal_fault_in_trigger(self):
+        """A goal that fails under the trigger stops its scenario and shows
+        why; the other scenario enters and converts its records"""
+        ann, bob = self.create_parties("Ann", "Bob")
+        broken = self.start_scenario(
+            [ann], [('name', '!=', None)], [email("Broken")], name="Broken")
+        fine = self.start_scenario(
+            [bob], [('name', '!=', None)], [email("Fine")], name="Fine")
+        self.store_goal(broken, [('no_such_field', '=', 1)])
+
+        with self.assertLogs(LOGGER, logging.ERROR):
+            self.trigger()
+
+        with inspecting():
+            Scenario = Pool().get('marketing.automation.scenario')
+            broken_scenario, fine_scenario = Scenario.browse([broken, fine])
+            self.assertIn("no_such_field", broken_scenario.error)
+            self.assertIn("goal", broken_scenario.error)
+            self.assertEqual(broken_scenario.record_count, 0)
+            self.assertIsNone(fine_scenario.error)
+            self.assertEqual(fine_scenario.record_count_converted, 1)
+
+    def test_goal_fault_in_process(self):
+        """A goal that fails when the entries are due holds them, with the
+        error on the scenario, until it is mended"""
+        ann, bob = self.create_parties("Ann", "Bob")
+        broken = self.start_scenario(
+            [ann], [('name', '=', 'Nobody')], [email("Broken")],
+            name="Broken")
+        self.start_scenario(
+            [bob], [('name', '=', 'Nobody')], [email("Fine")], name="Fine")
+        self.trigger()
+        self.store_goal(broken, [('no_such_field', '=', 1)])
+
+        with self.assertLogs(LOGGER, logging.ERROR):
+            self.process()
+
+        self.assertEqual(self.received_by(), ['bob@example.com'])
+        with inspecting():
+            Scenario = Pool().get('marketing.automation.scenario')
+            self.assertIn("no_such_field", Scenario(broken).error)
+            self.assertEqual(
+                [e[2] for e in self.entries(broken)], ['waiting'])
+
+        # mended, the held entry goes
+        with committed():
+            Scenario = Pool().get('marketing.automation.scenario')
+            Scenario.write([Scenario(broken)], {
+                    'goal': encode([('name', '=', 'Nobody')]),
+                    })
+        self.process()
+        self.assertEqual(
+            self.received_by(), ['ann@example.com', 'bob@example.com'])
+
+    def test_deleted_record_not_converted(self):
+        "A record whose party was deleted is neither converted nor counted"
+        ann, bob = self.create_parties("Ann", "Bob")
+        scenario = self.start_scenario(
+            [ann, bob], None, [email("Welcome", delay=dt.timedelta(days=1))])
+        self.trigger()
+        with inspecting():
+            Record = Pool().get('marketing.automation.record')
+            ann_record, bob_record = [
+                Record.search([('record', '=', 'party.party,%s' % p)])[0].id
+                for p in [ann, bob]]
+        with committed():
+            pool = Pool()
+            Party = pool.get('party.party')
+            Scenario = pool.get('marketing.automation.scenario')
+            Party.delete([Party(bob)])
+            Scenario.write([Scenario(scenario)], {
+                    'goal': encode([('active', 'in', [True, False])]),
+                    })
+        self.trigger()
+
+        def states():
+            RecordActivity = Pool().get(
+                'marketing.automation.record.activity')
+            return sorted(
+                (e.record.id, e.state) for e in RecordActivity.search(
+                    [('record.scenario', '=', scenario)]))
+
+        with inspecting():
+            Scenario = Pool().get('marketing.automation.scenario')
+            Record = Pool().get('marketing.automation.record')
+            self.assertEqual(
+                Scenario(scenario).record_count_converted, 1)
+            converted = Record.search([
+                    ('scenario', '=', scenario),
+                    ('converted_date', '!=', None),
+                    ])
+            self.assertEqual([r.id for r in converted], [ann_record])
+            self.assertEqual(states(), sorted([
+                        (ann_record, 'cancelled'), (bob_record, 'waiting')]))
+
+        # its entry is done with the engine's error, and nothing is sent
+        self.make_due(scenario)
+        self.process()
+        self.assertEqual(self.received_by(), [])
+        with inspecting():
+            self.assertEqual(states(), sorted([
+                        (ann_record, 'cancelled'), (bob_record, 'done')]))
+
+    def test_entry_date(self):
+        """The goal compares with the day each record entered: one entered
+        before the sale converts, one entered after it does not"""
+        ann, bob = self.create_parties("Ann", "Bob")
+        with committed():
+            pool = Pool()
+            Sale = pool.get('sale.sale')
+            Party = pool.get('party.party')
+            company = create_company()
+            with set_company(company):
+                sales = Sale.create([{
+                            'party': p,
+                            'company': company.id,
+                            'currency': company.currency.id,
+                            'invoice_method': 'manual',
+                            'shipment_method': 'manual',
+                            'invoice_address': Party(p).addresses[0].id,
+                            'sale_date': dt.date.today() - dt.timedelta(
+                                days=5),
+                            } for p in [ann, bob]])
+                Sale.write(sales, {'state': 'confirmed'})
+        scenario = self.start_scenario(
+            [ann, bob], [('marketing_sales', 'where', [
+                        ('state', 'in', BOUGHT),
+                        ('sale_date', '>=', Eval('entry_date')),
+                        ])],
+            [email("Welcome", delay=dt.timedelta(days=1))])
+        with committed():
+            Pool().get('marketing.automation.scenario').trigger()
+            # Ann entered ten days ago, before her sale
+            Record = Pool().get('marketing.automation.record')
+            table = Record.__table__()
+            cursor = Transaction().connection.cursor()
+            cursor.execute(*table.update(
+                    [table.create_date],
+                    [dt.datetime.now() - dt.timedelta(days=10)],
+                    where=table.record == 'party.party,%s' % ann))
+        self.trigger()
+
+        with inspecting():
+            self.assertEqual(self.entries(scenario), [
+                    ("Ann", "Welcome", 'cancelled',
+                        "Goal reached: the record left the scenario."),
+                    ("Bob", "Welcome", 'waiting', None),
+                    ])
+
+    def test_statements_per_batch(self):
+        "The goal check of a batch costs the same statements at any size"
+        names = ["Party%s" % i for i in range(300)]
+        parties = self.create_parties(*names)
+        scenario = self.start_scenario(
+            parties, None, [email("Welcome", delay=dt.timedelta(days=1))])
+        self.trigger()
+        with committed():
+            Scenario = Pool().get('marketing.automation.scenario')
+            Scenario.write([Scenario(scenario)], {
+                    'goal': encode([('name', 'like', 'Party1%')]),
+                    })
+
+        def statements(count):
+            with committed():
+                Record = Pool().get('marketing.automation.record')
+                ids = [r.id for r in Record.search([
+                            ('scenario', '=', scenario),
+                            ], limit=count, order=[('id', 'ASC')])]
+                cursor_class = type(Transaction().connection.cursor())
+                executed = []
+                original = cursor_class.execute
+
+                def execute(cursor, *args, **kwargs):
+                    executed.append(args[0])
+                    return original(cursor, *args, **kwargs)
+                cursor_class.execute = execute
+                try:
+                    converted, _ = Record.check_goals(ids)
+                finally:
+                    cursor_class.execute = original
+                Transaction().rollback()
+            return len(executed), len(converted)
+
+        # a batch of the queue holds 200 entries
+        small, converted_small = statements(20)
+        large, converted_large = statements(200)
+        self.assertEqual((converted_small, converted_large), (11, 111))
+        self.assertEqual(small, large)
+        self.assertLessEqual(large, 10)
+
+
+class RevenueTestCase(TestCase):
+    "The revenue of the scenarios, company by company"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        drop_db()
+        cls.addClassCleanup(drop_db)
+        activate_module(['marketing_automation', 'sale'])
+
+    def clicked_entry(self, party, clicked):
+        """A done email entry of a new scenario for party, clicked at
+        clicked"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        scenario, = Scenario.create([{
+                    'name': "Spring",
+                    'activities': [('create', [email("Offer")])],
+                    }])
+        record, = Record.create([{
+                    'scenario': scenario.id,
+                    'record': str(party),
+                    'uuid': uuid.uuid4().hex,
+                    }])
+        entry, = RecordActivity.create([{
+                    'record': record.id,
+                    'activity': scenario.activities[0].id,
+                    'state': 'done',
+                    'at': clicked,
+                    'email_sent': True,
+                    'email_clicked': True,
+                    }])
+        table = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.update(
+                [table.email_last_clicked], [clicked],
+                where=table.id == entry.id))
+        return scenario
+
+    def confirm_sale(self, company, party, amount, currency=None):
+        pool = Pool()
+        Sale = pool.get('sale.sale')
+        sale, = Sale.create([{
+                    'company': company.id,
+                    'currency': (currency or company.currency).id,
+                    'party': party.id,
+                    'invoice_address': party.addresses[0].id,
+                    'invoice_method': 'manual',
+                    'shipment_method': 'manual',
+                    'lines': [('create', [{
+                                    'description': "Chair",
+                                    'quantity': 1,
+                                    'unit_price': Decimal(amount),
+                                    }])],
+                    }])
+        Sale.quote([sale])
+        Sale.confirm([sale])
+        return sale
+
+    @with_transaction()
+    def test_companies(self):
+        """Each company sees its own revenue, in its currency, and a sale
+        in another currency is converted at the rate of its date"""
+        pool = Pool()
+        Party = pool.get('party.party')
+        Scenario = pool.get('marketing.automation.scenario')
+        usd = create_currency('USD')
+        add_currency_rate(usd, Decimal(1))
+        eur = create_currency('EUR')
+        add_currency_rate(eur, Decimal(2))
+        us_company = create_company("US Shop", currency=usd)
+        eu_company = create_company("EU Shop", currency=eur)
+        ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
+        scenario = self.clicked_entry(
+            ann, dt.datetime.now() - dt.timedelta(days=1))
+        with set_company(us_company):
+            self.confirm_sale(us_company, ann, '100.00')
+        with set_company(eu_company):
+            # 100 dollars are 200 euros
+            self.confirm_sale(eu_company, ann, '100.00', currency=usd)
+            self.confirm_sale(eu_company, ann, '30.00')
+
+        with set_company(us_company):
+            scenario = Scenario(scenario.id)
+            self.assertEqual(
+                (scenario.sale_count, scenario.revenue, scenario.currency),
+                (1, Decimal('100.00'), usd))
+        with set_company(eu_company):
+            scenario = Scenario(scenario.id)
+            self.assertEqual(
+                (scenario.sale_count, scenario.revenue, scenario.currency),
+                (2, Decimal('230.00'), eur))
+            Reporting = pool.get('marketing.automation.reporting.scenario')
+            with Transaction().set_context(period='month'):
+                row, = Reporting.search([('scenario', '=', scenario.id)])
+                self.assertEqual(
+                    (row.sale_count, row.revenue, row.currency),
+                    (2, Decimal('230.00'), eur))
+                # one email sent, to Ann's record
+                self.assertEqual(row.revenue_per_email, Decimal('230.00'))
+
+    @with_transaction()
+    def test_no_rate(self):
+        "A sale whose currency has no rate counts, without an amount"
+        pool = Pool()
+        Party = pool.get('party.party')
+        Scenario = pool.get('marketing.automation.scenario')
+        company = create_company()
+        gbp = create_currency('GBP')
+        ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
+        scenario = self.clicked_entry(
+            ann, dt.datetime.now() - dt.timedelta(hours=1))
+        with set_company(company):
+            self.confirm_sale(company, ann, '50.00', currency=gbp)
+            scenario = Scenario(scenario.id)
+            self.assertEqual(
+                (scenario.sale_count, scenario.revenue),
+                (1, Decimal('0.00')))
+
+    @with_transaction()
+    def test_click_after_sale(self):
+        "A click after the confirmation does not bring the sale"
+        pool = Pool()
+        Party = pool.get('party.party')
+        Scenario = pool.get('marketing.automation.scenario')
+        company = create_company()
+        ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
+        scenario = self.clicked_entry(
+            ann, dt.datetime.now() + dt.timedelta(hours=1))
+        with set_company(company):
+            self.confirm_sale(company, ann, '50.00')
+            self.assertEqual(Scenario(scenario.id).sale_count, 0)
+
+    @with_transaction()
+    def test_no_company(self):
+        "Without a company in the context, no amount is shown"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        scenario, = Scenario.create([{'name': "Spring"}])
+        with Transaction().set_context(company=None):
+            scenario = Scenario(scenario.id)
+            self.assertEqual(
+                (scenario.sale_count, scenario.revenue, scenario.currency),
+                (0, None, None))
