@@ -176,7 +176,7 @@ def classify(requests, delivered, now):
 
     def early(request):
         return delivered is not None and (
-            request.at - delivered) <= early_window
+            request.at - delivered) < early_window
 
     undecided = [r for r in requests if r.verdict == 'undecided']
     # the machine signs decide at once, whatever the age of the request
