@@ -9,7 +9,9 @@ It reads the database read-only every few seconds and shows, for each
 scenario, its records and how many are blocked (unsubscribed), and for each
 activity the entries waiting (for their time or their event; those of
 blocked records never run and are left out), done and cancelled, the emails
-sent, opened and clicked, and the errors, told by kind under the table: the
+sent, opened and clicked by people, those a machine (the scanner of a mail
+server) reached and those a privacy proxy fetched, and the errors, told by
+kind under the table: the
 parties without an email address (the demo has one, which is expected) and
 the others by their text.  On a terminal the summary is redrawn in place;
 otherwise it is printed again only when a number changes."""
@@ -24,6 +26,7 @@ import time
 COLUMNS = [
     ('waiting', "waiting", 8), ('done', "done", 6), ('sent', "sent", 6),
     ('opened', "opened", 8), ('clicked', "clicked", 8),
+    ('machine', "machine", 9), ('proxy', "proxy", 7),
     ('cancelled', "cancelled", 10), ('errors', "errors", 8),
     ]
 NAME_WIDTH = 23
@@ -115,6 +118,9 @@ def activities(cursor, parent, now, depth=0):
             "COALESCE(SUM(CASE WHEN a.email_sent THEN 1 ELSE 0 END), 0),"
             "COALESCE(SUM(CASE WHEN a.email_opened THEN 1 ELSE 0 END), 0),"
             "COALESCE(SUM(CASE WHEN a.email_clicked THEN 1 ELSE 0 END), 0),"
+            "COALESCE(SUM(CASE WHEN a.email_machine THEN 1 ELSE 0 END), 0),"
+            "COALESCE(SUM(CASE WHEN a.email_proxy_opened THEN 1 ELSE 0 END),"
+            " 0),"
             "COALESCE(SUM(CASE WHEN a.state = 'cancelled' THEN 1 ELSE 0 END),"
             " 0),"
             "COALESCE(SUM(CASE WHEN a.error IS NOT NULL AND a.error != '' "

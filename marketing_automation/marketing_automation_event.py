@@ -51,6 +51,8 @@ from trytond.pyson import Eval
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
+from .tools import id_batches
+
 VERDICTS = [
     ('human', "Human"),
     ('machine', "Machine"),
@@ -461,12 +463,7 @@ class Event(ModelSQL, ModelView):
         cursor = Transaction().connection.cursor()
         days = config.getint('marketing', 'event_retention', default=400)
         until = _now() - datetime.timedelta(days=days)
-        while True:
-            cursor.execute(*table.select(
-                    table.id, where=table.at < until, limit=10000))
-            ids = [i for i, in cursor]
-            if not ids:
-                break
+        for ids in id_batches(table, table.at < until):
             for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.delete(where=reduce_ids(table.id, sub)))
 
