@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-from sql import Literal
+from sql import Literal, Null
 
 from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
@@ -72,6 +72,11 @@ class Email(metaclass=PoolMeta):
                 (t.create_uid, Index.Equality()),
                 (t.create_date, Index.Range()),
                 where=t.marketing_automation_test == Literal(True)))
+        # the emails whose subject waits for the purge of the messages
+        cls._sql_indexes.add(Index(t,
+                (t.create_date, Index.Range()),
+                where=(t.marketing_automation_activity != Null)
+                & (t.subject != Null)))
 
     @classmethod
     def default_marketing_automation_test(cls):
@@ -91,4 +96,6 @@ class Cron(metaclass=PoolMeta):
                     "Process Marketing Activity"),
                 ('marketing.automation.event|purge',
                     "Purge Old Marketing Email Events"),
+                ('marketing.automation.email|purge',
+                    "Purge Old Marketing Messages and Tracked Links"),
                 ])

@@ -50,8 +50,8 @@ from trytond.transaction import Transaction
 from . import mailing, sandbox, urls
 from .exceptions import ActivityFault, TemplateError
 from .marketing_automation import (
-    Entry, Outcome, _round_rate, marketing_parties)
-from .tools import for_update, queue, quick_commits
+    Entry, Outcome, _now, _round_rate, marketing_parties)
+from .tools import for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
 
 logger = logging.getLogger(__name__)
@@ -1197,6 +1197,69 @@ class Email(ModelSQL, ModelView):
                             Literal(transaction.user), Literal(now),
                             ir_email.id, table.address,
                             where=reduce_ids(table.id, sub))))
+
+    @classmethod
+    def purge(cls):
+        """Forget the messages and the tracked links once they served: the
+        figures stay on the record activities"""
+        cls.purge_messages()
+        cls.purge_tracking()
+
+    @classmethod
+    def purge_messages(cls):
+        """Blank the messages of the outbox that the mail server answered,
+        and the subject and body of the emails logged, more than [marketing]
+        message_retention days ago (30 by default)"""
+        pool = Pool()
+        IrEmail = pool.get('ir.email')
+        table = cls.__table__()
+        ir_email = IrEmail.__table__()
+        cursor = Transaction().connection.cursor()
+        days = config.getint('marketing', 'message_retention', default=30)
+        until = _now() - datetime.timedelta(days=days)
+        # an answered message waits only for its entry to be complete
+        for ids in id_batches(table, (table.state != 'pending')
+                & (table.message != Null) & (table.create_date < until)):
+            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+                cursor.execute(*table.update(
+                        [table.message], [Null],
+                        where=reduce_ids(table.id, sub)))
+        for ids in id_batches(ir_email,
+                (ir_email.marketing_automation_activity != Null)
+                & (ir_email.subject != Null)
+                & (ir_email.create_date < until)):
+            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+                cursor.execute(*ir_email.update(
+                        [ir_email.subject, ir_email.body], [Null, Null],
+                        where=reduce_ids(ir_email.id, sub)))
+
+    @classmethod
+    def purge_tracking(cls):
+        """Delete the tracked links of the emails, with their visits, made
+        more than [marketing] tracking_retention days ago (400 by default):
+        they lead nowhere after; the requests that the event ledger still
+        keeps (see Event.purge) lose only their link"""
+        pool = Pool()
+        ShortenedURL = pool.get('web.shortened_url')
+        URLAccess = pool.get('web.shortened_url.access')
+        Event = pool.get('marketing.automation.event')
+        url = ShortenedURL.__table__()
+        access = URLAccess.__table__()
+        event = Event.__table__()
+        cursor = Transaction().connection.cursor()
+        days = config.getint('marketing', 'tracking_retention', default=400)
+        until = _now() - datetime.timedelta(days=days)
+        # the links of Tryton's own module have no token but these methods
+        tracked = url.method.in_([EMAIL_OPENED, EMAIL_CLICKED, EMAIL_TRAP])
+        for ids in id_batches(url, tracked & (url.create_date < until)):
+            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+                sub = list(sub)
+                cursor.execute(*event.update(
+                        [event.url], [Null],
+                        where=reduce_ids(event.url, sub)))
+                cursor.execute(*access.delete(
+                        where=reduce_ids(access.url, sub)))
+                cursor.execute(*url.delete(where=reduce_ids(url.id, sub)))
 
 
 def _describe(exception):

@@ -20,6 +20,23 @@ def batch_size():
     return config.getint('marketing', 'automation_batch_size', default=1000)
 
 
+def id_batches(table, where, size=10000):
+    """The ids of the rows of table that match where, a batch at a time, by
+    increasing id: the work done on a batch (a purge deletes or blanks its
+    rows) is never read again"""
+    cursor = Transaction().connection.cursor()
+    last_id = 0
+    while True:
+        cursor.execute(*table.select(
+                table.id, where=where & (table.id > last_id),
+                order_by=[table.id.asc], limit=size))
+        ids = [i for i, in cursor]
+        if not ids:
+            return
+        yield ids
+        last_id = ids[-1]
+
+
 def queue(method, ids):
     """Queue the method of a model for the ids in tasks that share the work
     among workers.
