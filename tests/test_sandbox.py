@@ -874,7 +874,7 @@ class EscapeCorpusTestCase(SendingTestMixin, TestCase):
                     refusals[name] = exception.message
                     refused.append(
                         [marketer, dt.datetime.now(), name, scenario,
-                            'send_email', title, body, False])
+                            'send_email', title, body, False, 'scenario'])
                 else:
                     transaction.commit()
         with committed():
@@ -885,7 +885,8 @@ class EscapeCorpusTestCase(SendingTestMixin, TestCase):
             cursor.execute(*table.insert([
                         table.create_uid, table.create_date, table.name,
                         table.parent, table.action, table.email_title,
-                        table.email_template, table.negative], refused))
+                        table.email_template, table.negative,
+                        table.send_window], refused))
             ids = {a.name: a.id for a in Activity.search([
                         ('parent', '=', scenario)])}
         return ([ids[n] for n in names],
