@@ -37,6 +37,7 @@ from sql.conditionals import Case
 from sql.operators import Exists
 
 from trytond import backend
+from trytond.cache import Cache
 from trytond.config import config
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, fields
@@ -1278,6 +1279,10 @@ class Secret(ModelSQL):
     __name__ = 'marketing.automation.email.secret'
 
     secret = fields.Char("Secret", required=True, strip=False)
+    # written once, when the module is activated, and never changed: every
+    # click reads it
+    _secret_cache = Cache(
+        'marketing.automation.email.secret.get', context=False)
 
     @classmethod
     def __register__(cls, module):
@@ -1286,12 +1291,17 @@ class Secret(ModelSQL):
 
     @classmethod
     def get(cls):
+        secret = cls._secret_cache.get(None)
+        if secret is not None:
+            return secret
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         cursor.execute(*table.select(
                 table.secret, order_by=[table.id.asc], limit=1))
         row = cursor.fetchone()
         if row:
+            # only a committed secret: a new one may yet be rolled back
+            cls._secret_cache.set(None, row[0])
             return row[0]
         secret = mailing.new_secret()
         cursor.execute(*table.insert(

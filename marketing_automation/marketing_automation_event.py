@@ -317,7 +317,7 @@ class Event(ModelSQL, ModelView):
         else:
             cls.decide([record_activity_id], now=now)
         if verdict in {'machine', 'proxy'}:
-            cls._flag([record_activity_id])
+            cls._flag([record_activity_id], [verdict])
         return event_id
 
     @classmethod
@@ -418,10 +418,12 @@ class Event(ModelSQL, ModelView):
             RecordActivity.on_events(list(record_activity_ids), list(events))
 
     @classmethod
-    def _flag(cls, record_activity_ids):
+    def _flag(cls, record_activity_ids, verdicts=('machine', 'proxy')):
         """Keep on the record activities whether a machine or a privacy
         proxy reached their email, so that the figures outlive the ledger;
-        and fire the proxy opens of the scenarios that count them"""
+        and fire the proxy opens of the scenarios that count them
+
+        Only the verdicts given are looked for."""
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
         Record = pool.get('marketing.automation.record')
@@ -434,6 +436,8 @@ class Event(ModelSQL, ModelView):
         for verdict, column in [
                 ('machine', record_activity.email_machine),
                 ('proxy', record_activity.email_proxy_opened)]:
+            if verdict not in verdicts:
+                continue
             cursor.execute(*record_activity.update(
                     [column], [True],
                     where=reduce_ids(record_activity.id, record_activity_ids)
@@ -441,6 +445,8 @@ class Event(ModelSQL, ModelView):
                     & record_activity.id.in_(table.select(
                             table.record_activity,
                             where=table.verdict == verdict))))
+        if 'proxy' not in verdicts:
+            return
         cursor.execute(*table.join(record_activity,
                 condition=table.record_activity == record_activity.id
                 ).join(record,
