@@ -14,7 +14,7 @@ engine's two hooks of the record activity:
   held back why they wait and until when (``waiting_for``,
   ``waiting_since``, ``waiting_until``), one statement per reason and time;
 - ``_due_where`` keeps ``process`` from queueing an entry again before its
-  ``waiting_until``.
+  ``waiting_until``, when some entry is held back (``_held``).
 
 An entry held back stays waiting with its ``at``: it is not consumed, and
 once its time comes it goes as any due entry.
@@ -23,7 +23,7 @@ import datetime
 import logging
 from collections import defaultdict, namedtuple
 
-from sql import Null
+from sql import Literal, Null
 from sql.aggregate import Count
 from sql.conditionals import Case
 
@@ -333,8 +333,26 @@ class RecordActivity(metaclass=PoolMeta):
     @classmethod
     def _due_where(cls, table, now):
         # an entry held back waits for its time
-        return super()._due_where(table, now) & (
+        where = super()._due_where(table, now)
+        if not cls._held(now):
+            # an extra condition would change the plan of the query of the
+            # due entries for nothing
+            return where
+        return where & (
             (table.waiting_until == Null) | (table.waiting_until <= now))
+
+    @classmethod
+    def _held(cls, now):
+        "Whether some entries are held back beyond now (one indexed read)"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.select(
+                Literal(1),
+                where=(table.state == 'waiting')
+                & (table.waiting_for != Null)
+                & (table.waiting_until > now),
+                limit=1))
+        return cursor.fetchone() is not None
 
     @classmethod
     def _filter_due(cls, due, now):
