@@ -373,8 +373,8 @@ def existing_ids(name):
 
 
 def counts(name):
-    from trytond.modules.marketing_automation import (
-        marketing_automation_revenue as revenue)
+    from trytond.modules.marketing_automation import \
+        marketing_automation_revenue as revenue
     from trytond.transaction import Transaction
     with Transaction().start(name, 0, readonly=True) as transaction:
         cursor = transaction.connection.cursor()

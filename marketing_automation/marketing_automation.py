@@ -44,7 +44,7 @@ from .exceptions import (
     ActivityError, ActivityFault, ConditionError, DomainError)
 from .mixin import MarketingAutomationMixin
 from .tools import (
-    BROWSE_SIZE, batch_size, contained, for_update, queue, savepoint,
+    BROWSE_SIZE, batch_size, contained, for_update, none_of, queue, savepoint,
     skip_conflicts)
 
 logger = logging.getLogger(__name__)
@@ -1273,7 +1273,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 table.id,
                 where=(table.state == 'waiting')
                 & (table.at != Null) & (table.at <= now)
-                & ~cls.in_progress(table) & running
+                & none_of(cls.in_progress(table)) & running
                 & Activity.runnable(activity, now)
                 & cls._due_where(table, now),
                 order_by=[table.id.asc]))
@@ -1315,7 +1315,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         cursor.execute(*from_.select(
                 table.id, table.activity, table.record, record.record,
                 table.state, table.at, record.blocked, scenario.state,
-                where=reduce_ids(table.id, ids) & ~cls.in_progress(table),
+                where=reduce_ids(table.id, ids)
+                & none_of(cls.in_progress(table)),
                 order_by=[table.activity, table.id],
                 for_=for_update(table)))
         due = defaultdict(list)

@@ -42,7 +42,7 @@ from .exceptions import DomainError
 from .marketing_automation import (
     _as_date, _describe, _eval_environment, _now, _round_rate)
 from .marketing_automation_reporting import rate
-from .tools import contained
+from .tools import contained, none_of
 
 # Two days to tell whether a goal uses the date of entry
 _PROBE_DAYS = (datetime.date(2000, 1, 1), datetime.date(2000, 1, 2))
@@ -338,7 +338,7 @@ class RecordActivity(metaclass=PoolMeta):
                         table.id,
                         where=(table.state == 'waiting') & where(table)))))
         cls.set_cancelled(
-            lambda table: where(table) & ~cls.in_progress(table),
+            lambda table: where(table) & none_of(cls.in_progress(table)),
             error=gettext(
                 'marketing_automation.msg_record_activity_goal_reached'))
 

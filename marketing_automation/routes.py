@@ -20,8 +20,8 @@ from trytond.transaction import Transaction
 from trytond.wsgi import app
 
 from . import mailing, urls
-from .marketing_automation_preview import PreviewRefused
 from .marketing_automation_event import Visitor
+from .marketing_automation_preview import PreviewRefused
 
 with file_open('marketing_automation/empty.gif', mode='rb') as _file:
     EMPTY_GIF = _file.read()

@@ -3,7 +3,8 @@
 import logging
 from contextlib import contextmanager
 
-from sql import Conflict, For
+from sql import Conflict, For, Literal
+from sql.operators import And, Or
 
 from trytond import backend
 from trytond.config import config
@@ -129,3 +130,22 @@ def contained(function, *args, **kwargs):
             "contained %s", function, exc_info=True)
         return exception
     cursor.execute('RELEASE SAVEPOINT %s' % name)
+
+
+def none_of(condition):
+    """The negation of condition, an OR of conditions such as those of the
+    hooks that extend each other, written as the AND of their negations
+
+    PostgreSQL plans ``NOT EXISTS`` as an anti-join only when it is not
+    inside another operator: ``NOT (FALSE OR EXISTS …)`` is run as a subplan
+    for each row."""
+    if isinstance(condition, Or):
+        negations = [
+            none_of(c) for c in condition
+            if not (isinstance(c, Literal) and c.value is False)]
+        if not negations:
+            return Literal(True)
+        if len(negations) == 1:
+            return negations[0]
+        return And(negations)
+    return ~condition

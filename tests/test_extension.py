@@ -17,8 +17,7 @@ from trytond.tests.test_tryton import (
 from .test_email import BASE, SENDER, Mail, inspecting
 from .test_reporting import (
     EMAIL, create_entries, create_scenario, reporting, sent)
-from .tools import (
-    SendingTestMixin, SMTPServer, committed, override_config)
+from .tools import SendingTestMixin, SMTPServer, committed, override_config
 
 
 def encode(value):
