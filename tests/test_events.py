@@ -15,6 +15,7 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 
 from .test_email import BASE, SENDER, Mail, inspecting
+from .test_reporting import reporting
 from .tools import (
     BROWSER, SendingTestMixin, SMTPServer, committed, decide_events,
     event_clock, human_request)
@@ -343,6 +344,14 @@ class EventsTestCase(SendingTestMixin, TestCase):
                 activity.email_sent, activity.email_clicked,
                 activity.email_machine, activity.email_proxy_opened)
         self.assertEqual(counts, (1, 1, 1, 0))
+        with inspecting():
+            row, = reporting(
+                'activity', [('activity', '=', activity.id)],
+                period='day')
+            self.assertEqual(
+                (row['email_sent'], row['email_clicked'],
+                    row['email_machine'], row['email_proxy_opened']),
+                (1, 1, 1, 0))
 
         with committed():
             Event = Pool().get('marketing.automation.event')
