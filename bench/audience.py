@@ -16,7 +16,6 @@ SQL statements with the shared harness's counter, before and after an
 """
 import argparse
 import datetime as dt
-import importlib
 import os
 import secrets
 import shutil
@@ -24,29 +23,9 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-PG_URI = os.environ.get(
-    'BENCH_PG_URI', 'postgresql://postgres@127.0.0.1:5432/')
-RUNS = 5
-
-
-def load_harness():
-    path = Path(os.environ.get('BENCH_MA')
-        or HERE.parent.parent / 'shared' / 'bench' / 'bench_ma.py')
-    sys.path.insert(0, str(path.parent))
-    return importlib.import_module(path.stem)
-
-
-def write_config(directory):
-    path = Path(directory, 'trytond.conf')
-    path.write_text('\n'.join([
-                '[database]', 'uri = %s' % PG_URI, 'language = en', '',
-                '[web]', 'hostname = localhost:8000', '',
-                '[marketing]', 'automation_base = http://localhost:8000',
-                '']))
-    return path
+from pgbench import (
+    RUNS, analyze, database_exists, drop_database, load_harness, write_config)
 
 
 def prepare(harness, name, n):
@@ -104,11 +83,6 @@ def prepare(harness, name, n):
             'FROM "party_party" WHERE "id" %% 50 = 1', (scenario_id,))
         transaction.commit()
     return scenario_id
-
-
-def database_exists(name):
-    from trytond import backend
-    return name in backend.Database().list()
 
 
 def existing_scenario(name):
@@ -194,19 +168,13 @@ def main():
             counter.install([type(transaction.connection.cursor())])
         print('without statistics (no ANALYZE since the data was written)')
         measure(harness, name, scenario_id, counter, 'no analyze')
-        with Transaction().start(
-                name, 0, autocommit=True) as transaction:
-            transaction.connection.cursor().execute('ANALYZE')
+        analyze(name)
         print('after ANALYZE')
         measure(harness, name, scenario_id, counter, 'analyze')
         counter.uninstall()
     finally:
-        for attempt in range(0 if args.keep_db else 10):
-            try:
-                harness.drop_database(name, 'postgresql')
-                break
-            except Exception:
-                time.sleep(1)
+        if not args.keep_db:
+            drop_database(harness, name)
         shutil.rmtree(config, ignore_errors=True)
 
 

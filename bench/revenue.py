@@ -22,7 +22,6 @@ PostgreSQL of these machines runs without autovacuum).
 """
 import argparse
 import datetime as dt
-import importlib
 import os
 import secrets
 import shutil
@@ -32,14 +31,11 @@ import tempfile
 import textwrap
 import time
 from decimal import Decimal
-from pathlib import Path
 
 from dateutil.relativedelta import relativedelta
+from pgbench import (
+    RUNS, analyze, database_exists, drop_database, load_harness, write_config)
 
-HERE = Path(__file__).resolve().parent
-PG_URI = os.environ.get(
-    'BENCH_PG_URI', 'postgresql://postgres@127.0.0.1:5432/')
-RUNS = 5
 # the sales confirmed through the ORM: with a recent click, and with one
 # older than the attribution window
 ORM_RECENT, ORM_OLD = 3, 1
@@ -55,23 +51,6 @@ REVENUE_FIELDS = ['sale_count', 'revenue', 'revenue_per_email']
 ATTRIBUTION_COLUMNS = [
     'sale', 'scenario', 'activity', 'record', 'record_activity', 'clicked',
     'company', 'currency', 'amount']
-
-
-def load_harness():
-    path = Path(os.environ.get('BENCH_MA')
-        or HERE.parent.parent / 'shared' / 'bench' / 'bench_ma.py')
-    sys.path.insert(0, str(path.parent))
-    return importlib.import_module(path.stem)
-
-
-def write_config(directory):
-    path = Path(directory, 'trytond.conf')
-    path.write_text('\n'.join([
-                '[database]', 'uri = %s' % PG_URI, 'language = en', '',
-                '[web]', 'hostname = localhost:8000', '',
-                '[marketing]', 'automation_base = http://localhost:8000',
-                '']))
-    return path
 
 
 def email(name, **values):
@@ -355,11 +334,6 @@ def check_attributions(cursor, sale_ids):
         'SQL attributes them' % (len(sale_ids), len(written)), flush=True)
 
 
-def database_exists(name):
-    from trytond import backend
-    return name in backend.Database().list()
-
-
 def existing_ids(name):
     from trytond.pool import Pool
     from trytond.transaction import Transaction
@@ -569,19 +543,13 @@ def main():
         measure(name, company_id, scenario_id, counter,
             'without statistics (no ANALYZE since the data was written)',
             args.explain_over, args.timeout)
-        with Transaction().start(
-                name, 0, autocommit=True) as transaction:
-            transaction.connection.cursor().execute('ANALYZE')
+        analyze(name)
         measure(name, company_id, scenario_id, counter, 'after ANALYZE',
             args.explain_over, args.timeout)
         counter.uninstall()
     finally:
-        for attempt in range(0 if args.keep_db else 10):
-            try:
-                harness.drop_database(name, 'postgresql')
-                break
-            except Exception:
-                time.sleep(1)
+        if not args.keep_db:
+            drop_database(harness, name)
         shutil.rmtree(config, ignore_errors=True)
 
 
