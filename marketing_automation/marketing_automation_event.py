@@ -523,6 +523,51 @@ class RecordActivity(metaclass=PoolMeta):
         return values
 
     @classmethod
+    def _filter_due(cls, due, now):
+        """Hold the entries that wait for an event not to happen while a
+        request of their parent's email that could make it happen is still
+        undecided: they go, or are cancelled, once it is decided
+
+        An undecided request younger than the trap window may be a person's
+        click; older, it is one at delivery that nobody confirmed, and it
+        holds nothing."""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        Event = pool.get('marketing.automation.event')
+        due = super()._filter_due(due, now)
+        if not classifying():
+            return due
+        event = Event.__table__()
+        parent = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        since = now - _seconds('event_trap_window', 120)
+        result = dict(due)
+        for activity in Activity.browse(list(due)):
+            if not (activity.negative and activity.event
+                    and isinstance(activity.parent, Activity)):
+                continue
+            kinds = [k for k, events in _EVENTS.items()
+                if activity.event in events]
+            held = set()
+            for sub in grouped_slice(
+                    [e.record for e in due[activity.id]],
+                    backend.MAX_QUERY_PARAMS):
+                cursor.execute(*event.join(parent,
+                        condition=event.record_activity == parent.id
+                        ).select(parent.record,
+                        where=(parent.activity == activity.parent.id)
+                        & reduce_ids(parent.record, sub)
+                        & (event.verdict == 'undecided')
+                        & event.kind.in_(kinds)
+                        & (event.at > since),
+                        group_by=[parent.record]))
+                held.update(r for r, in cursor)
+            if held:
+                result[activity.id] = [
+                    e for e in due[activity.id] if e.record not in held]
+        return result
+
+    @classmethod
     def process(cls):
         "Decide the requests of the emails, then process the due entries"
         pool = Pool()

@@ -8,6 +8,7 @@ the image, and a person who clicks minutes later.  The clock of the event
 ledger is moved, never slept.  The tests show which children run.
 """
 import datetime as dt
+from unittest import mock
 
 import lxml.html
 
@@ -35,6 +36,7 @@ class Received(Mail):
 
 SECONDS = dt.timedelta(seconds=1)
 MINUTES = dt.timedelta(minutes=1)
+DAYS = dt.timedelta(days=1)
 APPLE_PROXY = 'Mozilla/5.0'
 
 
@@ -255,6 +257,49 @@ class EventsTestCase(SendingTestMixin, TestCase):
                     ('click', 'human', 'confirmed'),
                     ('click', 'human', 'no_sign')])
             self.assertTrue(self.entry("Offer").email_clicked)
+
+    def process_at(self, after):
+        """Run the process cron after the delivery, with the clocks of the
+        engine and of the ledger moved"""
+        from trytond.modules.marketing_automation import marketing_automation
+        moment = marketing_automation._now() + after
+        with mock.patch.object(
+                marketing_automation, '_now', return_value=moment):
+            self.process(after=after)
+
+    def test_reminder_waits_for_an_undecided_open(self):
+        """A click just before the reminder of the unopened email is due
+        holds the reminder until the click is decided: a person's, the
+        reminder is cancelled, not sent"""
+        mail = self.send("Eve", [NOT_OPENED])
+        self.request(mail.link("First"), after=2 * DAYS - 30 * SECONDS)
+
+        self.process_at(2 * DAYS + 10 * SECONDS)
+        with inspecting():
+            self.assertEqual(self.events(), [('click', 'undecided', None)])
+            # due, and held
+            self.assertEqual(self.entry("Not opened").state, 'waiting')
+        self.assertEqual(len(self.smtp.received()), 1)
+
+        self.process_at(2 * DAYS + 5 * MINUTES)
+        with inspecting():
+            self.assertEqual(self.events(), [('click', 'human', 'no_sign')])
+            self.assertEqual(self.entry("Not opened").state, 'cancelled')
+        self.assertEqual(len(self.smtp.received()), 1)
+
+    def test_reminder_not_held_by_an_unconfirmed_request(self):
+        """A click at the delivery that nobody confirmed stays undecided but
+        does not hold the reminder of the unopened email"""
+        mail = self.send("Fay", [NOT_OPENED])
+        self.request(mail.link("First"), after=2 * SECONDS)
+
+        self.process_at(2 * DAYS + 10 * SECONDS)
+        with inspecting():
+            self.assertEqual(self.events(), [('click', 'undecided', None)])
+            self.assertEqual(self.entry("Not opened").state, 'done')
+        self.assertEqual(
+            sorted(Mail(m)['Subject'] for m in self.smtp.received()),
+            ["Did you see our offer?", "Our offer"])
 
     def test_privacy_proxy_opens(self):
         """Apple's proxy fetches the image at delivery: it is no open, unless
