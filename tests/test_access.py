@@ -21,8 +21,8 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 from trytond.wsgi import app
 
-from .test_email import BASE, OFFER, SENDER, TRACKED, Mail, encode, welcome
-from .tools import SMTPServer, committed, override_config
+from .test_email import OFFER, TRACKED, Mail, encode, welcome
+from .tools import BASE, SENDER, SMTPServer, committed, override_config
 
 URL = 'web.shortened_url'
 PLAIN = 'https://www.example.org/not-tracked'

@@ -16,7 +16,6 @@ import uuid
 from urllib.parse import parse_qs, quote, urlencode, urljoin, urlsplit
 
 import lxml.html
-from werkzeug.test import Client
 
 from trytond.i18n import gettext
 from trytond.pool import Pool
@@ -24,14 +23,11 @@ from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import (
     DB_NAME, USER, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
-from trytond.wsgi import app
 
 from .tools import (
-    SendingTestMixin, SMTPServer, committed, decide_events, html_links,
+    BASE, SendingTestMixin, committed, decide_events, html_links,
     human_request, parse_message, run_queue)
 
-BASE = 'http://localhost:8000'
-SENDER = 'Marketing Team <news@example.com>'
 OFFER = 'https://shop.example.com/offers?from=mail&id=42'
 GOODBYE = 'https://www.example.com/goodbye'
 ONE_CLICK = 'List-Unsubscribe=One-Click'
@@ -166,16 +162,9 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
+        self.start_sending({
                 ('email', 'from'): 'root@server.example.com',
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
                 })
-        self.addCleanup(self.stop_scenarios)
-        self.client = Client(app, use_cookies=False)
 
     # Setting things up, as a marketer and as the crons
 

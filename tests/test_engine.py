@@ -7,8 +7,6 @@ committed transactions, a real SMTP server on the loopback accepts the
 messages, and the recipients open and click them over HTTP."""
 import datetime as dt
 
-from werkzeug.test import Client
-
 from trytond import backend
 from trytond.i18n import gettext
 from trytond.model.exceptions import ValidationError
@@ -20,12 +18,10 @@ from trytond.tests.test_tryton import (
     CONTEXT, DB_NAME, USER, TestCase, activate_module, drop_db,
     with_transaction)
 from trytond.transaction import Transaction
-from trytond.wsgi import app
 
-from .test_email import BASE, SENDER, Mail, inspecting
+from .test_email import Mail, inspecting
 from .tools import (
-    SendingTestMixin, SMTPServer, committed, decide_events, human_request,
-    override_config)
+    SendingTestMixin, committed, decide_events, human_request, override_config)
 
 EMAIL = {
     'action': 'send_email',
@@ -827,16 +823,9 @@ class MarketingAutomationEngineEmailTestCase(
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
+        self.start_sending({
                 ('email', 'from'): 'root@server.example.com',
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
                 })
-        self.addCleanup(self.stop_scenarios)
-        self.client = Client(app, use_cookies=False)
 
     @property
     def suffix(self):

@@ -19,11 +19,9 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import (
-    BASE, ONE_CLICK, SENDER, Mail, encode, inspecting, party_reference)
+from .test_email import ONE_CLICK, Mail, encode, inspecting, party_reference
 from .test_reporting import reporting
-from .tools import (
-    SendingTestMixin, SMTPServer, committed, decide_events, human_request)
+from .tools import SendingTestMixin, committed, decide_events, human_request
 
 NAME = "Zelda Quorvex"
 ADDRESS = 'zelda.quorvex@example.com'
@@ -122,19 +120,9 @@ class _ScenarioTestMixin(SendingTestMixin):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
+        self.start_sending({
                 ('marketing', 'frequency_cap'): '10/day',
                 })
-        self.addCleanup(self.stop_scenarios)
-        from werkzeug.test import Client
-
-        from trytond.wsgi import app
-        self.client = Client(app, use_cookies=False)
 
     def create_party(self, name, address=None):
         with committed():

@@ -15,11 +15,11 @@ import lxml.html
 from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 
-from .test_email import BASE, SENDER, Mail, inspecting
+from .test_email import Mail, inspecting
 from .test_reporting import reporting
 from .tools import (
-    BROWSER, SendingTestMixin, SMTPServer, committed, decide_events,
-    event_clock, human_request)
+    BROWSER, SendingTestMixin, committed, decide_events, event_clock,
+    human_request)
 
 
 class Received(Mail):
@@ -89,18 +89,7 @@ class EventsTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
-                })
-        self.addCleanup(self.stop_scenarios)
-        from werkzeug.test import Client
-
-        from trytond.wsgi import app
-        self.client = Client(app, use_cookies=False)
+        self.start_sending()
 
     def send(self, name, children=(), **values):
         """Send the offer to the party name, return its received email"""

@@ -14,10 +14,10 @@ from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import (
     TestCase, activate_module, drop_db, with_transaction)
 
-from .test_email import BASE, SENDER, Mail, inspecting
+from .test_email import Mail, inspecting
 from .test_reporting import (
     EMAIL, create_entries, create_scenario, reporting, sent)
-from .tools import SendingTestMixin, SMTPServer, committed, override_config
+from .tools import SENDER, SendingTestMixin, committed, override_config
 
 
 def encode(value):
@@ -36,15 +36,9 @@ class ExtensionTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
+        self.start_sending({
                 ('marketing_test', 'hooks'): 'True',
                 })
-        self.addCleanup(self.stop_scenarios)
 
     def create_parties(self, *names):
         with committed():

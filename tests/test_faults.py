@@ -23,7 +23,7 @@ from trytond.pyson import Eval, Greater, PYSONEncoder
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import BASE, SENDER, Mail, inspecting, message, welcome
+from .test_email import Mail, inspecting, message, welcome
 from .tools import SendingTestMixin, SMTPServer, committed
 
 LOGGER = 'trytond.modules.marketing_automation'
@@ -56,15 +56,9 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
+        self.start_sending({
                 ('email', 'from'): 'root@server.example.com',
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
                 })
-        self.addCleanup(self.stop_scenarios)
 
     # Setting things up
 

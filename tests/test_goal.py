@@ -22,8 +22,8 @@ from trytond.tests.test_tryton import (
     TestCase, activate_module, drop_db, with_transaction)
 from trytond.transaction import Transaction
 
-from .test_email import BASE, SENDER, inspecting
-from .tools import SendingTestMixin, SMTPServer, committed
+from .test_email import inspecting
+from .tools import SendingTestMixin, committed
 
 LOGGER = 'trytond.modules.marketing_automation'
 BOUGHT = ['confirmed', 'processing', 'done']
@@ -55,14 +55,7 @@ class GoalTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
-                })
-        self.addCleanup(self.stop_scenarios)
+        self.start_sending()
 
     def create_parties(self, *names):
         with committed():

@@ -32,8 +32,8 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import BASE, SENDER, encode, inspecting, message
-from .tools import SendingTestMixin, SMTPServer, committed
+from .test_email import encode, inspecting, message
+from .tools import BASE, SENDER, SendingTestMixin, committed
 
 LOGGER = 'trytond.modules.marketing_automation'
 UTC = dt.timezone.utc
@@ -234,15 +234,9 @@ class PacingTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
+        self.start_sending({
                 ('queue', 'worker'): 'False',
                 })
-        self.addCleanup(self.stop_scenarios)
         self.addresses = {}
 
     # Setting things up

@@ -23,7 +23,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import lxml.html
 from sql import Literal
-from werkzeug.test import Client
 
 from trytond.modules.marketing_automation import \
     marketing_automation_preview as preview
@@ -31,13 +30,12 @@ from trytond.pool import Pool
 from trytond.pyson import PYSONDecoder
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
-from trytond.wsgi import app
 
 from .test_access import RPCError, Session
 from .test_email import (
-    BASE, DB64, GOODBYE, OFFER, ONE_CLICK, SENDER, Mail, encode, inspecting,
-    message, page_text, welcome)
-from .tools import SendingTestMixin, SMTPServer, committed
+    DB64, GOODBYE, OFFER, ONE_CLICK, Mail, encode, inspecting, message,
+    page_text, welcome)
+from .tools import BASE, SENDER, SendingTestMixin, committed
 
 WIZARD = 'marketing.automation.activity.preview'
 ACTIVITY = 'marketing.automation.activity'
@@ -122,16 +120,9 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
+        self.start_sending({
                 ('email', 'from'): 'root@server.example.com',
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
                 })
-        self.addCleanup(self.stop_scenarios)
-        self.client = Client(app, use_cookies=False)
 
     # Setting things up
 

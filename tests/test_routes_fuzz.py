@@ -26,7 +26,6 @@ import uuid
 from urllib.parse import parse_qs, quote, urlsplit
 
 from sql import Table
-from werkzeug.test import Client
 
 from trytond import backend, config
 from trytond.modules.marketing_automation import mailing, urls
@@ -34,13 +33,11 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import (
     DB_NAME, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
-from trytond.wsgi import app
 
 from . import test_email
 from .test_email import (
-    BASE, DB64, ONE_CLICK, SENDER, TRACKED, b64, inspecting, message,
-    page_text)
-from .tools import SendingTestMixin, SMTPServer, committed, override_config
+    BASE, DB64, ONE_CLICK, TRACKED, b64, inspecting, message, page_text)
+from .tools import SendingTestMixin, committed, override_config
 
 SEED = 8058
 WITHOUT_TOKEN, WITH_TOKEN = 3000, 1000
@@ -275,15 +272,7 @@ class RoutesFuzzTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
-                })
-        self.addCleanup(self.stop_scenarios)
-        self.client = Client(app, use_cookies=False)
+        self.start_sending()
 
     def request(self, method, path, headers=(), content_type=None, body=None):
         headers = list(headers)

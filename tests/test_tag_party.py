@@ -7,18 +7,14 @@ The emails go to a real SMTP server and the click is a real HTTP request
 to the tracked link."""
 from urllib.parse import urlsplit
 
-from werkzeug.test import Client
-
 from trytond.model.exceptions import ValidationError
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
-from trytond.wsgi import app
 
-from .test_email import BASE, SENDER, Mail, inspecting, message
-from .tools import (
-    SendingTestMixin, SMTPServer, committed, decide_events, human_request)
+from .test_email import Mail, inspecting, message
+from .tools import SendingTestMixin, committed, decide_events, human_request
 
 
 def encode(value):
@@ -37,15 +33,7 @@ class TagPartyTestCase(SendingTestMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        self.smtp = SMTPServer().start()
-        self.addCleanup(self.smtp.stop)
-        self.configure({
-                ('email', 'uri'): self.smtp.uri(timeout=5),
-                ('marketing', 'automation_base'): BASE,
-                ('marketing', 'email_from'): SENDER,
-                })
-        self.addCleanup(self.stop_scenarios)
-        self.client = Client(app, use_cookies=False)
+        self.start_sending()
 
     def create_parties(self, *names):
         with committed():

@@ -285,8 +285,34 @@ def html_links(html):
     return links, images
 
 
+# Where the links of the emails of the tests lead, and who sends them
+BASE = 'http://localhost:8000'
+SENDER = 'Marketing Team <news@example.com>'
+
+
 class SendingTestMixin:
     "What the test cases that send emails share"
+
+    def start_sending(self, options=None, timeout=5):
+        """Send the emails of this test to a real SMTP server, self.smtp,
+        from SENDER with their links on BASE, and request the routes through
+        trytond's WSGI application with self.client
+
+        options ({(section, name): value}) add to that configuration or
+        change it; the scenarios left running are stopped after the test."""
+        from werkzeug.test import Client
+
+        from trytond.wsgi import app
+        self.smtp = SMTPServer().start()
+        self.addCleanup(self.smtp.stop)
+        self.configure({
+                ('email', 'uri'): self.smtp.uri(timeout=timeout),
+                ('marketing', 'automation_base'): BASE,
+                ('marketing', 'email_from'): SENDER,
+                **(options or {}),
+                })
+        self.addCleanup(self.stop_scenarios)
+        self.client = Client(app, use_cookies=False)
 
     def configure(self, values):
         "Set configuration options until the end of the test"
