@@ -17,7 +17,7 @@ lists sort by them.
 import datetime
 
 from dateutil.relativedelta import relativedelta
-from sql import Cast, Literal
+from sql import Cast, Column, Literal
 from sql.aggregate import Count, Min, Sum
 from sql.conditionals import Case
 from sql.functions import DateTrunc
@@ -93,11 +93,34 @@ class Abstract(ModelSQL, ModelView):
     @classmethod
     def table_query(cls):
         from_item, tables, withs = cls._joins()
-        return from_item.select(
-            *cls._columns(tables, withs),
-            where=cls._where(tables, withs),
-            group_by=cls._group_by(tables, withs),
-            with_=list(withs.values()) or None)
+        return cls._rows(from_item.select(
+                *cls._columns(tables, withs),
+                where=cls._where(tables, withs),
+                group_by=cls._group_by(tables, withs),
+                with_=list(withs.values()) or None))
+
+    @classmethod
+    def _rows(cls, grouped):
+        """The query of the rows from grouped, the query of the counts of
+        each row
+
+        An override joins to grouped the figures that it counts per row
+        apart, by ``date`` and the column of the row: joined first to the
+        rows that a row counts, many-to-one, they would be repeated for each
+        of them, and the database would group them all again."""
+        return grouped
+
+    @classmethod
+    def _extend_rows(cls, grouped, figures, key, columns):
+        """The query of grouped, with figures (a query grouped by key and
+        date) LEFT joined on them, and columns (SQL of grouped and figures,
+        each named) added"""
+        condition = (getattr(figures, key) == getattr(grouped, key)) & (
+            figures.date == grouped.date)
+        return grouped.join(figures, 'LEFT', condition=condition).select(
+            *(Column(grouped, c.output_name).as_(c.output_name)
+                for c in grouped.columns),
+            *columns)
 
     @classmethod
     def _joins(cls):

@@ -510,37 +510,44 @@ class ReportingScenario(_ReportingRevenue, metaclass=PoolMeta):
         help="The emails that the mail server accepted for the records.")
 
     @classmethod
-    def _joins(cls):
+    def _rows(cls, grouped):
         pool = Pool()
         Attribution = pool.get('marketing.automation.attribution')
+        Record = pool.get('marketing.automation.record')
         RecordActivity = pool.get('marketing.automation.record.activity')
+        Sale = pool.get('sale.sale')
+        grouped = super()._rows(grouped)
+        record = Record.__table__()
         record_activity = RecordActivity.__table__()
-        from_item, tables, withs = super()._joins()
-        record = tables['record']
-        attributed = Attribution.by('record')
-        sent = record_activity.select(
-            record_activity.record.as_('record'),
+        sent = record_activity.join(
+            record, condition=record_activity.record == record.id).select(
+            record.scenario.as_('scenario'),
+            cls._date(record.create_date),
             Count().as_('email_sent'),
             where=(record_activity.state == 'done')
-            & (record_activity.email_sent == Literal(True)),
-            group_by=[record_activity.record])
-        from_item = (from_item
-            .join(attributed, 'LEFT',
-                condition=attributed.record == record.id)
-            .join(sent, 'LEFT', condition=sent.record == record.id))
-        tables['attributed'] = attributed
-        tables['sent'] = sent
-        return from_item, tables, withs
-
-    @classmethod
-    def _columns(cls, tables, withs):
-        attributed = tables['attributed']
-        sent = Sum(Coalesce(tables['sent'].email_sent, 0))
-        return super()._columns(tables, withs) + [
-            cls.email_sent.sql_cast(sent).as_('email_sent'),
-            ] + _revenue_columns(
-            cls, Sum(Coalesce(attributed.sale_count, 0)),
-            Sum(Coalesce(attributed.revenue, 0)), sent)
+            & (record_activity.email_sent == Literal(True))
+            & cls._where_date(record.create_date),
+            group_by=[record.scenario, cls._date(record.create_date)])
+        record = Record.__table__()
+        attribution = Attribution.__table__()
+        sale = Sale.__table__()
+        attributed = attribution.join(
+            sale, condition=attribution.sale == sale.id).join(
+            record, condition=attribution.record == record.id).select(
+            record.scenario.as_('scenario'),
+            cls._date(record.create_date),
+            Count().as_('sale_count'),
+            Sum(attribution.amount).as_('revenue'),
+            where=Attribution.counted(attribution, sale)
+            & cls._where_date(record.create_date),
+            group_by=[record.scenario, cls._date(record.create_date)])
+        with_sent = cls._extend_rows(grouped, sent, 'scenario', [
+                cls.email_sent.sql_cast(
+                    Coalesce(sent.email_sent, 0)).as_('email_sent'),
+                ])
+        return cls._extend_rows(with_sent, attributed, 'scenario',
+            _revenue_columns(cls, Coalesce(attributed.sale_count, 0),
+                Coalesce(attributed.revenue, 0), with_sent.email_sent))
 
     def _attributed_sales(self, attribution):
         pool = Pool()
@@ -565,26 +572,32 @@ class ReportingActivity(_ReportingRevenue, metaclass=PoolMeta):
                 }
 
     @classmethod
-    def _joins(cls):
+    def _rows(cls, grouped):
         pool = Pool()
         Attribution = pool.get('marketing.automation.attribution')
-        from_item, tables, withs = super()._joins()
-        record_activity = tables['record_activity']
-        attributed = Attribution.by('record_activity')
-        from_item = from_item.join(attributed, 'LEFT',
-            condition=attributed.record_activity == record_activity.id)
-        tables['attributed'] = attributed
-        return from_item, tables, withs
-
-    @classmethod
-    def _columns(cls, tables, withs):
-        record_activity = tables['record_activity']
-        attributed = tables['attributed']
-        sent = Sum(Case(
-                (record_activity.email_sent == Literal(True), 1), else_=0))
-        return super()._columns(tables, withs) + _revenue_columns(
-            cls, Sum(Coalesce(attributed.sale_count, 0)),
-            Sum(Coalesce(attributed.revenue, 0)), sent)
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        Sale = pool.get('sale.sale')
+        grouped = super()._rows(grouped)
+        attribution = Attribution.__table__()
+        sale = Sale.__table__()
+        record_activity = RecordActivity.__table__()
+        attributed = attribution.join(
+            sale, condition=attribution.sale == sale.id).join(
+            record_activity,
+            condition=attribution.record_activity == record_activity.id
+            ).select(
+            record_activity.activity.as_('activity'),
+            cls._date(record_activity.at),
+            Count().as_('sale_count'),
+            Sum(attribution.amount).as_('revenue'),
+            where=Attribution.counted(attribution, sale)
+            & (record_activity.state == 'done')
+            & cls._where_date(record_activity.at),
+            group_by=[
+                record_activity.activity, cls._date(record_activity.at)])
+        return cls._extend_rows(grouped, attributed, 'activity',
+            _revenue_columns(cls, Coalesce(attributed.sale_count, 0),
+                Coalesce(attributed.revenue, 0), grouped.email_sent))
 
     def _attributed_sales(self, attribution):
         pool = Pool()

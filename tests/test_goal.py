@@ -440,6 +440,153 @@ class RevenueTestCase(TestCase):
                 self.assertEqual(row.revenue_per_email, Decimal('230.00'))
 
     @with_transaction()
+    def test_reporting_per_period(self):
+        """The reportings count the revenue of each period: a scenario's
+        rows that of the records that entered in it, an activity's that of
+        its emails sent in it; every row opens the sales it counts, and the
+        lists sort by revenue"""
+        pool = Pool()
+        Party = pool.get('party.party')
+        Sale = pool.get('sale.sale')
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        ReportingScenario = pool.get(
+            'marketing.automation.reporting.scenario')
+        ReportingActivity = pool.get(
+            'marketing.automation.reporting.activity')
+        company = create_company()
+        ann, bob, cat = Party.create([
+                {'name': name, 'addresses': [('create', [{}])]}
+                for name in ["Ann", "Bob", "Cat"]])
+        reminder = email(
+            "Reminder", event='email_opened', negative=True,
+            delay=dt.timedelta(days=1))
+        scenario, = Scenario.create([{
+                    'name': "Spring",
+                    'activities': [('create', [
+                                email("Offer", children=[
+                                        ('create', [reminder])])])],
+                    }])
+        offer, = scenario.activities
+        reminder, = offer.children
+        now = dt.datetime.now().replace(microsecond=0)
+        old = now - dt.timedelta(days=70)
+        recent = now - dt.timedelta(hours=4)
+        record_table = Record.__table__()
+        entry_table = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+
+        def enter(party, entered, *emails):
+            "The record of party, entered at entered, with its emails"
+            record, = Record.create([{
+                        'scenario': scenario.id,
+                        'record': str(party),
+                        'uuid': uuid.uuid4().hex,
+                        }])
+            cursor.execute(*record_table.update(
+                    [record_table.create_date], [entered],
+                    where=record_table.id == record.id))
+            for activity, sent, clicked in emails:
+                entry, = RecordActivity.create([{
+                            'record': record.id,
+                            'activity': activity.id,
+                            'state': 'done',
+                            'at': sent,
+                            'email_sent': True,
+                            'email_clicked': bool(clicked),
+                            }])
+                cursor.execute(*entry_table.update(
+                        [entry_table.email_last_clicked], [clicked],
+                        where=entry_table.id == entry.id))
+
+        # Ann and Cat entered seventy days ago, Ann clicked the offer two
+        # days ago; Bob entered four hours ago and clicked the reminder
+        enter(ann, old, (offer, old, now - dt.timedelta(days=2)))
+        enter(cat, old, (offer, old, None))
+        enter(bob, recent,
+            (offer, recent, now - dt.timedelta(hours=3)),
+            (reminder, now - dt.timedelta(hours=2),
+                now - dt.timedelta(hours=1)))
+        with set_company(company):
+            ann_sale = self.confirm_sale(company, ann, '100.00')
+            bob_sale = self.confirm_sale(company, bob, '40.00')
+            cancelled = self.confirm_sale(company, bob, '60.00')
+        sale_table = Sale.__table__()
+        cursor.execute(*sale_table.update(
+                [sale_table.state], ['cancelled'],
+                where=sale_table.id == cancelled.id))
+
+        def month(value):
+            return value.date().replace(day=1)
+
+        def add(rows, key, **values):
+            row = rows.setdefault(key, dict.fromkeys(values, 0))
+            for name, value in values.items():
+                row[name] += value
+
+        expected_scenario = {}
+        add(expected_scenario, month(old), record_count=2, email_sent=2,
+            sale_count=1, revenue=Decimal('100.00'))
+        add(expected_scenario, month(recent), record_count=1, email_sent=2,
+            sale_count=1, revenue=Decimal('40.00'))
+        expected_activity = {}
+        add(expected_activity, (offer.id, month(old)), email_sent=2,
+            sale_count=1, revenue=Decimal('100.00'))
+        add(expected_activity, (offer.id, month(recent)), email_sent=1,
+            sale_count=0, revenue=Decimal('0.00'))
+        add(expected_activity,
+            (reminder.id, month(now - dt.timedelta(hours=2))),
+            email_sent=1, sale_count=1, revenue=Decimal('40.00'))
+        for row in expected_scenario.values():
+            row['revenue_per_email'] = (
+                row['revenue'] / row['email_sent']).quantize(
+                Decimal('0.01'))
+        for row in expected_activity.values():
+            row['revenue_per_email'] = (
+                row['revenue'] / row['email_sent']).quantize(
+                Decimal('0.01'))
+
+        context = {
+            'period': 'month', 'company': company.id,
+            'from_date': month(old), 'to_date': now.date()}
+        with Transaction().set_context(context):
+            rows = ReportingScenario.search(
+                [('scenario', '=', scenario.id)], order=[('date', 'ASC')])
+            self.assertEqual({r.date: {
+                        'record_count': r.record_count,
+                        'email_sent': r.email_sent,
+                        'sale_count': r.sale_count,
+                        'revenue': r.revenue,
+                        'revenue_per_email': r.revenue_per_email,
+                        } for r in rows}, expected_scenario)
+            self.assertEqual(
+                set().union(*(r.attributed_sales() for r in rows)),
+                {ann_sale.id, bob_sale.id})
+            by_revenue = ReportingScenario.search(
+                [], order=[('revenue', 'DESC')])
+            self.assertEqual(
+                [r.revenue for r in by_revenue],
+                sorted((r.revenue for r in rows), reverse=True))
+
+            rows = ReportingActivity.search(
+                [('activity', 'in', [offer.id, reminder.id])])
+            self.assertEqual({(r.activity.id, r.date): {
+                        'email_sent': r.email_sent,
+                        'sale_count': r.sale_count,
+                        'revenue': r.revenue,
+                        'revenue_per_email': r.revenue_per_email,
+                        } for r in rows}, expected_activity)
+            for row in rows:
+                self.assertEqual(
+                    len(row.attributed_sales()), row.sale_count)
+            by_revenue = ReportingActivity.search(
+                [], order=[('revenue', 'DESC'), ('id', 'ASC')])
+            self.assertEqual(
+                [r.revenue for r in by_revenue],
+                sorted((r.revenue for r in rows), reverse=True))
+
+    @with_transaction()
     def test_no_rate(self):
         "A sale whose currency has no rate counts, without an amount"
         pool = Pool()
