@@ -461,16 +461,21 @@ class ReportingContext(metaclass=PoolMeta):
 
 
 class _ReportingRevenue:
-    "The revenue of the rows of a reporting"
+    """The revenue of the rows of a reporting
+
+    The figures joined to the rows by _rows are loaded lazily: the search
+    of the rows does not select them, and the database leaves out their
+    joins, which cost most of the query."""
     __slots__ = ()
 
-    sale_count = fields.Integer("Attributed Sales")
+    sale_count = fields.Integer("Attributed Sales", loading='lazy')
     revenue = Monetary(
-        "Revenue", currency='currency', digits='currency',
+        "Revenue", currency='currency', digits='currency', loading='lazy',
         help="The untaxed amount of the attributed sales, in the currency "
         "of the company of the context.")
     revenue_per_email = Monetary(
-        "Revenue per Email Sent", currency='currency', digits='currency')
+        "Revenue per Email Sent", currency='currency', digits='currency',
+        loading='lazy')
     currency = fields.Many2One('currency.currency', "Currency")
 
     def attributed_sales(self):
@@ -506,7 +511,7 @@ class ReportingScenario(_ReportingRevenue, metaclass=PoolMeta):
     __name__ = 'marketing.automation.reporting.scenario'
 
     email_sent = fields.Integer(
-        "Emails Sent",
+        "Emails Sent", loading='lazy',
         help="The emails that the mail server accepted for the records.")
 
     @classmethod

@@ -141,6 +141,10 @@ class ExtensionTestCase(SendingTestMixin, TestCase):
             # the activity goes on: one entry's error is no fault of it
             activity, = Activity.search([('name', '=', "Visit")])
             self.assertIsNone(activity.error)
+            # the reporting counts the visits of the action
+            row, = reporting('activity', [('activity', '=', activity.id)])
+            self.assertEqual(
+                (row['record_count'], row['visit_count']), (2, 1))
         # the children run for both, as after any action
         self.run_crons()
         self.assertEqual(

@@ -12,9 +12,12 @@ other tests see the module as it is:
 - the action ``record_visit`` runs one entry at a time through
   ``execute_record_visit``, as an action written for Tryton's own module;
 - the reporting of activities counts only the entries of records that are
-  not blocked, through its ``_joins`` and ``_where``.
+  not blocked, through its ``_joins`` and ``_where``, and the visits of
+  each row, grouped apart and joined through ``_rows``.
 """
 from sql import Literal
+from sql.aggregate import Count
+from sql.conditionals import Coalesce
 
 from trytond.config import config
 from trytond.model import ModelSQL, fields
@@ -75,6 +78,25 @@ class Visit(ModelSQL):
 
 class ReportingActivity(metaclass=PoolMeta):
     __name__ = 'marketing.automation.reporting.activity'
+
+    visit_count = fields.Integer("Visits", loading='lazy')
+
+    @classmethod
+    def _rows(cls, grouped):
+        pool = Pool()
+        Visit = pool.get('marketing.automation.test.visit')
+        grouped = super()._rows(grouped)
+        visit = Visit.__table__()
+        visits = visit.select(
+            visit.activity.as_('activity'),
+            cls._date(visit.create_date),
+            Count().as_('visit_count'),
+            where=cls._where_date(visit.create_date),
+            group_by=[visit.activity, cls._date(visit.create_date)])
+        return cls._extend_rows(grouped, visits, 'activity', [
+                cls.visit_count.sql_cast(
+                    Coalesce(visits.visit_count, 0)).as_('visit_count'),
+                ])
 
     @classmethod
     def _joins(cls):
