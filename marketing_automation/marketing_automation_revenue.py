@@ -486,17 +486,42 @@ class _ReportingRevenue:
         attribution = Attribution.__table__()
         sale = Sale.__table__()
         cursor = Transaction().connection.cursor()
-        from_, where = self._attributed_sales(attribution)
+        from_, key, when, where = self._attributions(attribution)
         cursor.execute(*from_.join(
                 sale, condition=attribution.sale == sale.id).select(
                 attribution.sale,
-                where=where & Attribution.counted(attribution, sale)))
+                where=where & (key == getattr(self, key.name).id)
+                & self._in_period(when)
+                & Attribution.counted(attribution, sale)))
         return {s for s, in cursor}
 
-    def _attributed_sales(self, attribution):
-        """The FROM item that joins attribution to the rows of the row, and
-        the condition that selects them"""
+    @classmethod
+    def _attributions(cls, attribution):
+        """The attributions as the rows count them: the FROM item that joins
+        attribution to the records (or entries) of the rows, the column of
+        the row's scenario (or activity), the column whose period is the
+        row's, and the condition that they count"""
         raise NotImplementedError
+
+    @classmethod
+    def _attributed(cls):
+        """The query of the attributed sales (sale_count) and their revenue
+        that count, by scenario (or activity) and period, between the dates
+        of the context"""
+        pool = Pool()
+        Attribution = pool.get('marketing.automation.attribution')
+        Sale = pool.get('sale.sale')
+        attribution = Attribution.__table__()
+        sale = Sale.__table__()
+        from_, key, when, where = cls._attributions(attribution)
+        return from_.join(sale, condition=attribution.sale == sale.id).select(
+            key.as_(key.name),
+            cls._date(when),
+            Count().as_('sale_count'),
+            Sum(attribution.amount).as_('revenue'),
+            where=where & Attribution.counted(attribution, sale)
+            & cls._where_date(when),
+            group_by=[key, cls._date(when)])
 
     def _in_period(self, column):
         "The SQL condition that column falls in the period of the row"
@@ -517,10 +542,8 @@ class ReportingScenario(_ReportingRevenue, metaclass=PoolMeta):
     @classmethod
     def _rows(cls, grouped):
         pool = Pool()
-        Attribution = pool.get('marketing.automation.attribution')
         Record = pool.get('marketing.automation.record')
         RecordActivity = pool.get('marketing.automation.record.activity')
-        Sale = pool.get('sale.sale')
         grouped = super()._rows(grouped)
         record = Record.__table__()
         record_activity = RecordActivity.__table__()
@@ -533,19 +556,7 @@ class ReportingScenario(_ReportingRevenue, metaclass=PoolMeta):
             & (record_activity.email_sent == Literal(True))
             & cls._where_date(record.create_date),
             group_by=[record.scenario, cls._date(record.create_date)])
-        record = Record.__table__()
-        attribution = Attribution.__table__()
-        sale = Sale.__table__()
-        attributed = attribution.join(
-            sale, condition=attribution.sale == sale.id).join(
-            record, condition=attribution.record == record.id).select(
-            record.scenario.as_('scenario'),
-            cls._date(record.create_date),
-            Count().as_('sale_count'),
-            Sum(attribution.amount).as_('revenue'),
-            where=Attribution.counted(attribution, sale)
-            & cls._where_date(record.create_date),
-            group_by=[record.scenario, cls._date(record.create_date)])
+        attributed = cls._attributed()
         with_sent = cls._extend_rows(grouped, sent, 'scenario', [
                 cls.email_sent.sql_cast(
                     Coalesce(sent.email_sent, 0)).as_('email_sent'),
@@ -554,15 +565,15 @@ class ReportingScenario(_ReportingRevenue, metaclass=PoolMeta):
             _revenue_columns(cls, Coalesce(attributed.sale_count, 0),
                 Coalesce(attributed.revenue, 0), with_sent.email_sent))
 
-    def _attributed_sales(self, attribution):
+    @classmethod
+    def _attributions(cls, attribution):
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         record = Record.__table__()
         return (
             attribution.join(
                 record, condition=attribution.record == record.id),
-            (record.scenario == self.scenario.id)
-            & self._in_period(record.create_date))
+            record.scenario, record.create_date, Literal(True))
 
 
 class ReportingActivity(_ReportingRevenue, metaclass=PoolMeta):
@@ -578,42 +589,22 @@ class ReportingActivity(_ReportingRevenue, metaclass=PoolMeta):
 
     @classmethod
     def _rows(cls, grouped):
-        pool = Pool()
-        Attribution = pool.get('marketing.automation.attribution')
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        Sale = pool.get('sale.sale')
         grouped = super()._rows(grouped)
-        attribution = Attribution.__table__()
-        sale = Sale.__table__()
-        record_activity = RecordActivity.__table__()
-        attributed = attribution.join(
-            sale, condition=attribution.sale == sale.id).join(
-            record_activity,
-            condition=attribution.record_activity == record_activity.id
-            ).select(
-            record_activity.activity.as_('activity'),
-            cls._date(record_activity.at),
-            Count().as_('sale_count'),
-            Sum(attribution.amount).as_('revenue'),
-            where=Attribution.counted(attribution, sale)
-            & (record_activity.state == 'done')
-            & cls._where_date(record_activity.at),
-            group_by=[
-                record_activity.activity, cls._date(record_activity.at)])
+        attributed = cls._attributed()
         return cls._extend_rows(grouped, attributed, 'activity',
             _revenue_columns(cls, Coalesce(attributed.sale_count, 0),
                 Coalesce(attributed.revenue, 0), grouped.email_sent))
 
-    def _attributed_sales(self, attribution):
+    @classmethod
+    def _attributions(cls, attribution):
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
         record_activity = RecordActivity.__table__()
         return (
             attribution.join(record_activity,
                 condition=attribution.record_activity == record_activity.id),
-            (record_activity.activity == self.activity.id)
-            & (record_activity.state == 'done')
-            & self._in_period(record_activity.at))
+            record_activity.activity, record_activity.at,
+            record_activity.state == 'done')
 
 
 class ReportingOpenSales(Wizard):
