@@ -548,6 +548,9 @@ class RecordActivity(metaclass=PoolMeta):
                 continue
             kinds = [k for k, events in _EVENTS.items()
                 if activity.event in events]
+            if not kinds:
+                # an event of another action, which no request makes
+                continue
             held = set()
             for sub in grouped_slice(
                     [e.record for e in due[activity.id]],
