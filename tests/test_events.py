@@ -13,7 +13,9 @@ from unittest import mock
 import lxml.html
 
 from trytond.pool import Pool
-from trytond.tests.test_tryton import TestCase, activate_module, drop_db
+from trytond.tests.test_tryton import (
+    DB_NAME, USER, TestCase, activate_module, drop_db)
+from trytond.transaction import Transaction
 
 from .test_email import Mail, inspecting
 from .test_reporting import reporting
@@ -289,6 +291,30 @@ class EventsTestCase(SendingTestMixin, TestCase):
         self.assertEqual(
             sorted(Mail(m)['Subject'] for m in self.smtp.received()),
             ["Did you see our offer?", "Our offer"])
+
+    def test_reminder_of_an_event_of_another_action(self):
+        """A reminder waiting for an event that no request of the ledger
+        makes (an event of another module's action) is held by nothing"""
+        from trytond.modules.marketing_automation import marketing_automation
+        mail = self.send("Gil", [NOT_OPENED])
+        self.request(mail.link("First"), after=2 * DAYS - 30 * SECONDS)
+        with Transaction().start(DB_NAME, USER) as transaction:
+            pool = Pool()
+            Activity = pool.get('marketing.automation.activity')
+            RecordActivity = pool.get('marketing.automation.record.activity')
+            reminder = self.entry("Not opened")
+            activity = Activity.__table__()
+            cursor = transaction.connection.cursor()
+            cursor.execute(*activity.update(
+                    [activity.event], ['visit_confirmed'],
+                    where=activity.id == reminder.activity.id))
+            entry = marketing_automation.Entry(
+                reminder.id, reminder.record.id, str(reminder.record.record))
+            now = marketing_automation._now() + 2 * DAYS + 10 * SECONDS
+            due = RecordActivity._filter_due(
+                {reminder.activity.id: [entry]}, now)
+            self.assertEqual(dict(due), {reminder.activity.id: [entry]})
+            transaction.rollback()
 
     def test_privacy_proxy_opens(self):
         """Apple's proxy fetches the image at delivery: it is no open, unless
