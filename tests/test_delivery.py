@@ -40,7 +40,7 @@ from trytond.tests.test_tryton import (
     DB_NAME, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
 
-from .test_email import REMINDER, encode, inspecting
+from .test_email import REMINDER, inspecting
 from .tools import SendingTestMixin, SMTPServer, committed, parse_message
 
 NEWS = {
@@ -186,31 +186,11 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
     def start_scenario(self, party_ids, activity=NEWS):
         """Create a running scenario whose activity (with a reminder after
         it) sends an email to the parties and return its id"""
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            scenario, = Scenario.create([{
-                        'name': "Delivery",
-                        'model': 'party.party',
-                        'domain': encode([('id', 'in', party_ids)]),
-                        'activities': [('create', [{
-                                        **activity,
-                                        'children': [('create', [REMINDER])],
-                                        }])],
-                        }])
-            Scenario.run([scenario])
-            return scenario.id
-
-    def trigger(self):
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-
-    def process(self):
-        with committed():
-            Pool().get('marketing.automation.record.activity').process()
-
-    def run_crons(self):
-        self.trigger()
-        self.process()
+        return self.running_scenario(
+            "Delivery", [('id', 'in', party_ids)], [{
+                    **activity,
+                    'children': [('create', [REMINDER])],
+                    }])
 
     def retry_now(self, scenario_id):
         "Let the time pass until the pending emails may be sent again"

@@ -190,27 +190,8 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def start_scenario(self, party_ids, activities, **values):
         "Create a running scenario on the parties and return its id"
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            scenario, = Scenario.create([{
-                        'name': "Spring",
-                        'model': 'party.party',
-                        'domain': encode([('id', 'in', party_ids)]),
-                        'activities': [('create', activities)],
-                        **values,
-                        }])
-            Scenario.run([scenario])
-            return scenario.id
-
-    def run_crons(self):
-        "Run the trigger cron then the process cron, and their tasks"
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-        self.process()
-
-    def process(self):
-        with committed():
-            Pool().get('marketing.automation.record.activity').process()
+        return self.running_scenario(
+            "Spring", [('id', 'in', party_ids)], activities, **values)
 
     def make_due(self, scenario_id, party_id, activity_name):
         with committed():

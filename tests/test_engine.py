@@ -851,9 +851,7 @@ class MarketingAutomationEngineEmailTestCase(
     def send_emails(self):
         """Enter the parties and run the process cron: the mail server
         accepts a message for every party"""
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-        self.process()
+        self.run_crons()
         with inspecting():
             sent = entries(self.activities()["Email"])
             for name, entry in sent.items():
@@ -863,10 +861,6 @@ class MarketingAutomationEngineEmailTestCase(
         self.assertEqual(
             sorted(r for m in self.smtp.received() for r in m.rcpt_tos),
             sorted(address(n) for n in sent))
-
-    def process(self):
-        with committed():
-            Pool().get('marketing.automation.record.activity').process()
 
     def make_due(self, activity_name, name):
         with committed():

@@ -19,7 +19,7 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import ONE_CLICK, Mail, encode, inspecting, party_reference
+from .test_email import ONE_CLICK, Mail, inspecting, party_reference
 from .test_reporting import reporting
 from .tools import SendingTestMixin, committed, decide_events, human_request
 
@@ -139,26 +139,8 @@ class _ScenarioTestMixin(SendingTestMixin):
                     }])
 
     def start_scenario(self, name, party_ids, activities, **values):
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            scenario, = Scenario.create([{
-                        'name': name,
-                        'model': 'party.party',
-                        'domain': encode([('id', 'in', party_ids)]),
-                        'activities': [('create', activities)],
-                        **values,
-                        }])
-            Scenario.run([scenario])
-            return scenario.id
-
-    def run_crons(self):
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-        self.process()
-
-    def process(self):
-        with committed():
-            Pool().get('marketing.automation.record.activity').process()
+        return self.running_scenario(
+            name, [('id', 'in', party_ids)], activities, **values)
 
     def mail_to(self, address, subject):
         mails = [Mail(m) for m in self.smtp.to(address)]

@@ -119,11 +119,6 @@ class EventsTestCase(SendingTestMixin, TestCase):
         mail, = [Received(m) for m in self.smtp.to(address)]
         return mail
 
-    def run_crons(self):
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-        self.process()
-
     def process(self, after=dt.timedelta()):
         with committed():
             with event_clock(after):

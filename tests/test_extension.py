@@ -53,22 +53,8 @@ class ExtensionTestCase(SendingTestMixin, TestCase):
                             } for name in names])]
 
     def start_scenario(self, name, party_ids, activities):
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            scenario, = Scenario.create([{
-                        'name': name,
-                        'model': 'party.party',
-                        'domain': encode([('id', 'in', party_ids)]),
-                        'activities': [('create', activities)],
-                        }])
-            Scenario.run([scenario])
-            return scenario.id
-
-    def run_crons(self):
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-        with committed():
-            Pool().get('marketing.automation.record.activity').process()
+        return self.running_scenario(
+            name, [('id', 'in', party_ids)], activities)
 
     def test_email_hooks(self):
         """A variable, the sender and a header come from the overrides of

@@ -82,28 +82,8 @@ class FaultsTestCase(SendingTestMixin, TestCase):
         # the names of the activities are the test's own
         activities = [
             dict(a, name=self.named(a['name'])) for a in activities]
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            scenario, = Scenario.create([{
-                        'name': name,
-                        'model': 'party.party',
-                        'domain': encode([('id', 'in', party_ids)]),
-                        'activities': [('create', activities)],
-                        }])
-            Scenario.run([scenario])
-            return scenario.id
-
-    def run_crons(self):
-        self.trigger()
-        self.process()
-
-    def trigger(self):
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-
-    def process(self):
-        with committed():
-            Pool().get('marketing.automation.record.activity').process()
+        return self.running_scenario(
+            name, [('id', 'in', party_ids)], activities)
 
     def store(self, model, record_id, **values):
         """Write values straight into the table of model (and into the

@@ -71,17 +71,10 @@ class GoalTestCase(SendingTestMixin, TestCase):
                             } for name in names])]
 
     def start_scenario(self, party_ids, goal, activities, name="Spring"):
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            scenario, = Scenario.create([{
-                        'name': '%s %s' % (name, self._testMethodName),
-                        'model': 'party.party',
-                        'domain': encode([('id', 'in', party_ids)]),
-                        'goal': encode(goal) if goal is not None else None,
-                        'activities': [('create', activities)],
-                        }])
-            Scenario.run([scenario])
-            return scenario.id
+        return self.running_scenario(
+            '%s %s' % (name, self._testMethodName),
+            [('id', 'in', party_ids)], activities,
+            goal=encode(goal) if goal is not None else None)
 
     def store_goal(self, scenario_id, goal):
         "Write the goal straight into the table, as the checks never saw it"
@@ -92,14 +85,6 @@ class GoalTestCase(SendingTestMixin, TestCase):
             cursor.execute(*table.update(
                     [table.goal], [encode(goal)],
                     where=table.id == scenario_id))
-
-    def trigger(self):
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-
-    def process(self):
-        with committed():
-            Pool().get('marketing.automation.record.activity').process()
 
     def make_due(self, scenario_id):
         "Make the waiting entries of the scenario due"
@@ -538,11 +523,7 @@ class RevenueTestCase(TestCase):
         add(expected_activity,
             (reminder.id, month(now - dt.timedelta(hours=2))),
             email_sent=1, sale_count=1, revenue=Decimal('40.00'))
-        for row in expected_scenario.values():
-            row['revenue_per_email'] = (
-                row['revenue'] / row['email_sent']).quantize(
-                Decimal('0.01'))
-        for row in expected_activity.values():
+        for row in [*expected_scenario.values(), *expected_activity.values()]:
             row['revenue_per_email'] = (
                 row['revenue'] / row['email_sent']).quantize(
                 Decimal('0.01'))

@@ -32,7 +32,7 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import encode, inspecting, message
+from .test_email import inspecting, message
 from .tools import BASE, SENDER, SendingTestMixin, committed
 
 LOGGER = 'trytond.modules.marketing_automation'
@@ -259,17 +259,8 @@ class PacingTestCase(SendingTestMixin, TestCase):
             return [p.id for p in Party.create(values)]
 
     def start_scenario(self, party_ids, activities, **values):
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            scenario, = Scenario.create([{
-                        'name': "Pacing",
-                        'model': 'party.party',
-                        'domain': encode([('id', 'in', party_ids)]),
-                        'activities': [('create', activities)],
-                        **values,
-                        }])
-            Scenario.run([scenario])
-            return scenario.id
+        return self.running_scenario(
+            "Pacing", [('id', 'in', party_ids)], activities, **values)
 
     def office_hours(self, **values):
         "The send window of office hours in Paris on working days"

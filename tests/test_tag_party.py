@@ -54,22 +54,7 @@ class TagPartyTestCase(SendingTestMixin, TestCase):
             return category.id
 
     def start_scenario(self, name, domain, activities):
-        with committed():
-            Scenario = Pool().get('marketing.automation.scenario')
-            scenario, = Scenario.create([{
-                        'name': name,
-                        'model': 'party.party',
-                        'domain': encode(domain),
-                        'activities': [('create', activities)],
-                        }])
-            Scenario.run([scenario])
-            return scenario.id
-
-    def run_crons(self):
-        with committed():
-            Pool().get('marketing.automation.scenario').trigger()
-        with committed():
-            Pool().get('marketing.automation.record.activity').process()
+        return self.running_scenario(name, domain, activities)
 
     def categories(self, party_id):
         with inspecting():

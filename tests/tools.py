@@ -27,6 +27,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from trytond import config
 from trytond.pool import Pool
+from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import DB_NAME, USER
 from trytond.transaction import Transaction
 from trytond.worker import run_task
@@ -313,6 +314,36 @@ class SendingTestMixin:
                 })
         self.addCleanup(self.stop_scenarios)
         self.client = Client(app, use_cookies=False)
+
+    def running_scenario(self, name, domain, activities, **values):
+        """Create a scenario on the parties of domain with activities (and
+        the other values), run it and return its id, committed"""
+        with committed():
+            Scenario = Pool().get('marketing.automation.scenario')
+            scenario, = Scenario.create([{
+                        'name': name,
+                        'model': 'party.party',
+                        'domain': PYSONEncoder().encode(domain),
+                        'activities': [('create', activities)],
+                        **values,
+                        }])
+            Scenario.run([scenario])
+            return scenario.id
+
+    def trigger(self):
+        "Run the trigger cron, and the tasks it queues"
+        with committed():
+            Pool().get('marketing.automation.scenario').trigger()
+
+    def process(self):
+        "Run the process cron, and the tasks it queues"
+        with committed():
+            Pool().get('marketing.automation.record.activity').process()
+
+    def run_crons(self):
+        "Run the trigger cron then the process cron, and their tasks"
+        self.trigger()
+        self.process()
 
     def configure(self, values):
         "Set configuration options until the end of the test"
