@@ -15,7 +15,9 @@ RUNS = 5
 
 
 def load_harness():
-    "The module bench_ma.py, beside the repository or at $BENCH_MA"
+    """The module bench_ma.py, beside the repository or at $BENCH_MA,
+    imported by its name, so that a process it spawns (its SMTP sink)
+    imports it too"""
     path = Path(os.environ.get('BENCH_MA')
         or HERE.parent.parent / 'shared' / 'bench' / 'bench_ma.py')
     sys.path.insert(0, str(path.parent))

@@ -15,7 +15,6 @@ must have received exactly N messages: one per recipient.
 """
 import argparse
 import datetime as dt
-import importlib
 import os
 import secrets
 import shutil
@@ -26,17 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-PG_URI = os.environ.get(
-    'BENCH_PG_URI', 'postgresql://postgres@127.0.0.1:5432/')
-
-
-def load_harness():
-    "The shared harness, importable by name so its sink can be spawned"
-    path = Path(os.environ.get('BENCH_MA')
-        or HERE.parent.parent / 'shared' / 'bench' / 'bench_ma.py')
-    sys.path.insert(0, str(path.parent))
-    return importlib.import_module(path.stem)
+from pgbench import PG_URI, load_harness
 
 
 def write_config(directory, smtp_port):
