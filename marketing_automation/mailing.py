@@ -7,7 +7,7 @@ The templates of an activity are compiled once per batch and language::
 
 and each recipient costs one Genshi rendering::
 
-    rendered = render(templates, context)
+    rendered = render(templates, context, max_size=...)
 
 The HTML of ``rendered`` holds no real URL yet: every rewritten ``<a href>``
 and the open-tracking image carry a placeholder, and ``rendered.links`` says
@@ -49,7 +49,7 @@ import html as html_escaping
 import re
 import secrets
 import unicodedata
-from collections import namedtuple
+from collections import defaultdict, namedtuple
 from datetime import datetime, timezone
 from email.header import Header
 from email.headerregistry import Address
@@ -78,24 +78,36 @@ except ImportError:
     mjml2html = None
 
 __all__ = [
-    'TemplateError', 'RenderError', 'Templates', 'Rendered', 'Link',
+    'TemplateError', 'TooHeavy', 'RenderError', 'Templates', 'Rendered',
+    'Link', 'Weight', 'weight',
     'CLICK', 'UNSUBSCRIBE', 'OPEN', 'TRAP',
     'compile_title', 'compile_body', 'compile_templates', 'check_title',
     'check_body', 'render', 'fill',
     'format_recipient', 'check_sender', 'message_id', 'build_message',
     'LinkError', 'check_link', 'check_links', 'is_web_url',
     'sign', 'verify', 'checked_next',
-    'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline']
+    'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline',
+    'placeholder', 'use_placeholder']
 
 CLICK, UNSUBSCRIBE, OPEN, TRAP = 'click', 'unsubscribe', 'open', 'trap'
 
 Templates = namedtuple('Templates', ['title', 'body'])
-Rendered = namedtuple('Rendered', ['subject', 'html', 'text', 'links'])
+Rendered = namedtuple(
+    'Rendered', ['subject', 'html', 'text', 'links', 'heaviest'],
+    defaults=[None])
+Rendered.__doc__ = """An email rendered for one recipient: its subject,
+HTML and plain text with placeholders for the links, and what weighs most
+in it (see Weight)"""
 Link = namedtuple('Link', ['kind', 'url'])
 
 
 class TemplateError(ValueError):
     "The title or the body cannot be compiled into a template"
+
+
+class TooHeavy(Exception):
+    """The email of a recipient weighs more than it may: the error of this
+    recipient, and of the activity when it is so for every recipient"""
 
 
 class RenderError(Exception):
@@ -113,7 +125,8 @@ class RenderError(Exception):
     def of(cls, exception):
         "The RenderError of an exception raised while rendering"
         message = str(exception)
-        if not isinstance(exception, sandbox.TemplateFault):
+        if not isinstance(
+                exception, (sandbox.TemplateFault, sandbox.Described)):
             message = f"{type(exception).__name__}: {message}"
         expression = sandbox.expression_of(exception)
         if expression:
@@ -155,7 +168,7 @@ def _compile(template_class, source):
         template = template_class(
             source, lookup=sandbox.Lookup, allow_exec=False,
             loader=sandbox.NO_INCLUDES)
-        sandbox.check_template(template)
+        sandbox.seal_template(template)
     except (GenshiTemplateError, ParseError) as exception:
         # drop the position of a Python error inside its expression
         message = re.sub(r' \([^()]*, line \d+\)$', '', str(exception.msg))
@@ -219,29 +232,117 @@ def check_body(source):
 # A random part makes the placeholders impossible to type into a record
 _PLACEHOLDER = 'marketing-automation-link-%s-' % secrets.token_hex(8)
 _PLACEHOLDER_RE = re.compile(re.escape(_PLACEHOLDER) + r'(\d+)')
+
+
+def placeholder():
+    "The start of the placeholders of the links of this process"
+    return _PLACEHOLDER
+
+
+def use_placeholder(start):
+    """Write the placeholders of links with start, as the process that
+    fills them does (a render box renders for another process)"""
+    global _PLACEHOLDER, _PLACEHOLDER_RE
+    _PLACEHOLDER = start
+    _PLACEHOLDER_RE = re.compile(re.escape(start) + r'(\d+)')
+
+
 _UNTRACKED_SCHEMES = {'mailto', 'tel', 'sms'}
 
 
-def render(templates, context, timeout=None, trap=False):
+def render(templates, context, timeout=None, trap=False, max_size=None):
     """Return the Rendered subject and HTML for one recipient, with the
     trap link of the scanners if trap
 
-    Raise RenderError when the templates fail with this context, or take
-    more than timeout seconds."""
+    Raise RenderError when the templates fail with this context, take more
+    than timeout seconds, or make more than max_size characters."""
     links = {}
     context = dict(context)
     context.setdefault('short', partial(_placeholder, links, CLICK))
+    weight = Weight(max_size, templates.body)
     try:
         with sandbox.time_limit(timeout):
             subject = templates.title.generate(**context).render(
                 'text', encoding=None)
+            weight.add(len(subject), TITLE)
             events = list(templates.body.generate(**context) | partial(
-                    _track, links, trap=trap))
+                    _track, links, weight, trap=trap))
             html = Stream(events).render('html', encoding=None)
             text = _text(events)
     except Exception as exception:
         raise RenderError.of(exception) from exception
-    return Rendered(' '.join(subject.split()), html, text, tuple(links))
+    return Rendered(
+        ' '.join(subject.split()), html, text, tuple(links),
+        weight.heaviest())
+
+
+TITLE = 'title'
+
+
+class Weight:
+    """What an email weighs as it is rendered, counted by the place of the
+    template that each part comes from, so that an email too heavy stops as
+    soon as it is and its error names what made it so"""
+    __slots__ = ('max_size', 'total', 'parts', 'sources')
+
+    def __init__(self, max_size, body):
+        self.max_size = max_size
+        self.total = 0
+        self.parts = defaultdict(int)
+        self.sources = _sources(body)
+
+    def add(self, size, pos):
+        if not size:
+            return
+        self.total += size
+        self.parts[pos] += size
+        if self.max_size and self.total > self.max_size:
+            description, heaviest = self.heaviest()
+            raise TooHeavy(
+                f"the email weighs more than {weight(self.max_size)}: "
+                f"{description} makes {weight(heaviest)} of it")
+
+    def heaviest(self):
+        """The description of the place of the template that made the most
+        characters, and how many"""
+        if not self.parts:
+            return None
+        pos, size = max(self.parts.items(), key=lambda item: item[1])
+        if pos == TITLE:
+            description = "the title"
+        elif pos in self.sources:
+            description = f"${{{self.sources[pos]}}} (line {pos[1]})"
+        else:
+            description = f"the text of line {pos[1]}"
+        return description, size
+
+
+def weight(size):
+    "The size of bytes or characters as a reader reads it"
+    if size >= 1_000_000:
+        return f"{size / 1_000_000:.1f} MB"
+    if size >= 1000:
+        return f"{size / 1000:.0f} KB"
+    return f"{size} bytes"
+
+
+def _sources(template):
+    """The source of each expression of the compiled template by its place,
+    as Genshi gives the place of an expression to the text it makes"""
+    sources = getattr(template, '_marketing_sources', None)
+    if sources is None:
+        sources = {}
+        _collect_sources(template.stream, sources)
+        template._marketing_sources = sources
+    return sources
+
+
+def _collect_sources(stream, sources):
+    for kind, data, pos in stream:
+        if kind == 'EXPR':
+            sources[pos] = getattr(data, 'source', '?')
+        elif kind == 'SUB':
+            _collect_sources(data[1], sources)
 
 
 def _placeholder(links, kind, url):
@@ -299,15 +400,18 @@ def _trap(links, pos):
     yield END, QName('a'), pos
 
 
-def _track(links, stream, trap=False):
+def _track(links, weight, stream, trap=False):
     """Rewrite the links of the stream and add the open-tracking image (and
-    the trap link with trap)"""
+    the trap link with trap), weighing what the stream makes"""
     pixel_added = False
     pos = (None, -1, -1)
     for kind, data, pos in stream:
-        if kind is START and data[0].localname == 'a':
+        if kind is TEXT:
+            weight.add(len(data), pos)
+        elif kind is START:
             tag, attrs = data
-            href = attrs.get('href')
+            weight.add(sum(len(v) for _, v in attrs), pos)
+            href = attrs.get('href') if tag.localname == 'a' else None
             if href is not None and (url := _link(links, href)):
                 data = tag, attrs | [(QName('href'), url)]
         elif (kind is END and data.localname == 'body'
@@ -471,9 +575,18 @@ _LINES = {
     'address', 'dd', 'div', 'dt', 'li', 'section', 'td', 'th', 'tr'}
 # Where a paragraph or a line ends: the breaks of nested elements make one
 _PARAGRAPH, _LINE = '\x01', '\x00'
-_PARAGRAPH_BREAK = re.compile(r'[ \x00\x01]*\x01[ \x00\x01]*')
-_LINE_BREAK = re.compile(r' *\x00[ \x00]*')
-_SPACES = re.compile(r'\s+')
+_BREAKS = re.compile(r'[ \x00\x01]+')
+_SPACES = re.compile(r'[\s\x00\x01]+')
+
+
+def _break(match):
+    "The break that a run of spaces and ends of paragraphs and lines makes"
+    run = match.group()
+    if _PARAGRAPH in run:
+        return '\n\n'
+    if _LINE in run:
+        return '\n'
+    return ' '
 
 
 def _text(events):
@@ -526,7 +639,8 @@ def _text(events):
                 # HTML given by an expression: read its text
                 data = data.striptags().unescape()
             parts.append(_SPACES.sub(' ', data))
-    text = _LINE_BREAK.sub('\n', _PARAGRAPH_BREAK.sub('\n\n', ''.join(parts)))
+    # one pass of a single class of characters: linear, whatever the text
+    text = _BREAKS.sub(_break, ''.join(parts))
     lines = [line.strip() for line in text.split('\n')]
     return re.sub(r'\n{3,}', '\n\n', '\n'.join(lines)).strip() + '\n'
 

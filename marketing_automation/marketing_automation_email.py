@@ -48,7 +48,7 @@ from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import mailing, sandbox, urls
+from . import mailing, rendering, urls
 from .exceptions import ActivityFault, TemplateError
 from .marketing_automation import (
     Entry, Outcome, _now, _round_rate, marketing_parties)
@@ -188,16 +188,15 @@ class Activity(metaclass=PoolMeta):
                             '.msg_activity_invalid_email_from',
                             sender=sender,
                             activity=self.rec_name)) from exception
-            for source, check, message in [
-                    (title, mailing.check_title,
-                        'msg_activity_invalid_email_title'),
-                    (template, mailing.check_body,
+            for kind, source, message in [
+                    ('title', title, 'msg_activity_invalid_email_title'),
+                    ('body', template,
                         'msg_activity_invalid_email_template'),
                     ]:
                 if not source:
                     continue
                 try:
-                    check(source)
+                    rendering.check_template(kind, source)
                 except Exception as exception:
                     raise TemplateError(gettext(
                             'marketing_automation.' + message,
@@ -454,7 +453,8 @@ class EmailBatch:
         # timestamp(0), which could put the first attempt after the delivery
         # that follows
         self.now = datetime.datetime.now().replace(microsecond=0)
-        self.renderer = _Renderer(activity)
+        self.renderer = rendering.Renderer(activity)
+        self.max_size = rendering.max_size()
 
     def recipients(self):
         """The recipients of the entries by language; an entry whose party
@@ -485,21 +485,22 @@ class EmailBatch:
         for language, recipients in self.recipients().items():
             with transaction.set_context(language=language):
                 translated = Activity(self.activity.id)
-                templates = _compiled(translated)
                 sender = _checked_sender(translated)
-                for recipient in recipients:
-                    self.message(translated, templates, sender, recipient)
+                for recipient, rendered in self.renderer.render(
+                        translated, recipients, language):
+                    self.message(translated, sender, recipient, rendered)
         self.renderer.check()
         self._insert()
         return self.errors
 
-    def message(self, activity, templates, sender, recipient):
-        "Make the email of the recipient, or keep the error of its entry"
+    def message(self, activity, sender, recipient, rendered):
+        """Make the email of the recipient from its Rendered templates, or
+        keep the error of its entry"""
         entry_id = recipient.entry.id
         first_link = len(self.links)
         try:
-            rendered = self.renderer.render(
-                templates, recipient.record, recipient.language)
+            if isinstance(rendered, Exception):
+                raise rendered
             to = mailing.format_recipient(recipient.name, recipient.address)
             urls_ = self._urls(entry_id, recipient.uuid, rendered.links)
             subject = self._subject(rendered.subject)
@@ -512,13 +513,28 @@ class EmailBatch:
                 unsubscribe=self._unsubscribe_url(recipient),
                 language=recipient.language,
                 headers=activity.email_headers(recipient.record))
-        except (mailing.RenderError, ValueError) as exception:
+            self._check_size(message, rendered)
+        except (mailing.RenderError, mailing.TooHeavy,
+                ValueError) as exception:
             self.errors[entry_id] = gettext(
                 'marketing_automation.msg_email_render_error',
                 exception=exception)
             del self.links[first_link:]
             return
         self._keep(entry_id, message_id, sender, to, subject, message)
+
+    def _check_size(self, message, rendered):
+        "Raise TooHeavy when the message weighs more than an email may"
+        if self.max_size and len(message) > self.max_size:
+            heaviest = ''
+            if rendered.heaviest:
+                description, size = rendered.heaviest
+                heaviest = (
+                    f": {description} makes {mailing.weight(size)} of it")
+            raise mailing.TooHeavy(
+                f"the email weighs {mailing.weight(len(message))}, more "
+                f"than the {mailing.weight(self.max_size)} an email may"
+                f"{heaviest}")
 
     # The trial of a marketer (marketing_automation_preview.py) overrides
     # these: a test email has its own subject, Message-ID and unsubscribe
@@ -602,80 +618,6 @@ def _checked_sender(activity):
                 'marketing_automation.msg_activity_invalid_email_from',
                 sender=sender, activity=activity.rec_name)) from exception
     return sender
-
-
-def _compiled(activity):
-    "The compiled templates of the activity, or ActivityFault"
-    try:
-        templates = mailing.compile_templates(
-            activity.email_title, activity.email_template)
-        mailing.check_links(templates.body)
-    except Exception as exception:
-        raise ActivityFault(gettext(
-                'marketing_automation.msg_activity_fault_template',
-                activity=activity.rec_name, error=exception)) from exception
-    return templates
-
-
-class _Renderer:
-    """Renders the emails of one batch of an activity, each in the sandbox
-
-    It keeps the access checks of the batch and tells whether the failures
-    of the recipients are the template's (a fault of the activity) or
-    theirs."""
-
-    def __init__(self, activity):
-        self.activity = activity
-        self.accesses = {}
-        self.attempts = 0
-        self.failures = []
-        # Access is checked for a real user: the author of the activity
-        # (root, who may read everything, lends the administrator's).
-        self.author = (
-            activity.create_uid.id if activity.create_uid else 0) or 1
-        self.timeout = config.getfloat(
-            'marketing', 'render_timeout', default=10) or None
-        # the link that only scanners follow, for the event ledger
-        self.trap = config.getboolean(
-            'marketing', 'event_trap', default=True)
-
-    def render(self, templates, record, language):
-        """The Rendered email of record, or RenderError for this recipient,
-        or ActivityFault"""
-        self.attempts += 1
-        try:
-            with Transaction().set_user(self.author):
-                context = self._context(record, language)
-                return mailing.render(
-                    templates, context, timeout=self.timeout,
-                    trap=self.trap)
-        except mailing.RenderError as exception:
-            if exception.fault:
-                raise ActivityFault(gettext(
-                        'marketing_automation.msg_activity_fault_template',
-                        activity=self.activity.rec_name,
-                        error=exception)) from exception
-            self.failures.append(exception)
-            raise
-
-    def _context(self, record, language):
-        key = repr(sorted(record.marketing_access_context.items()))
-        access = self.accesses.get(key)
-        if access is None:
-            access = self.accesses[key] = sandbox.Access(
-                record.marketing_access_context)
-        context = self.activity.email_context(record)
-        context.setdefault('language', language)
-        return access.context(context)
-
-    def check(self):
-        """Raise ActivityFault when the template failed for every recipient
-        it was rendered for, and for more than one"""
-        if self.failures and len(self.failures) == self.attempts > 1:
-            raise ActivityFault(gettext(
-                    'marketing_automation.msg_activity_fault_template',
-                    activity=self.activity.rec_name,
-                    error=self.failures[0]))
 
 
 def _record_uuids(record_activity_ids):

@@ -2,47 +2,60 @@
 """The sandbox in which the templates of marketers run.
 
 Email titles and bodies are Genshi templates written by users of the
-Marketing group, who are not administrators, and rendered by the cron as
-root.  An expression of a template may only read what its context gives it,
-and only through this module:
+Marketing group, who are not administrators.  An expression of a template
+may only read what its context gives it, and only through this module:
 
 - every name, attribute and item an expression reads goes through `Lookup`,
-  which answers from allowlists: the fields of records (as `RecordView`
-  within the access rights of the Marketing group), the harmless methods of
-  text, numbers, dates and containers, and the date and time classes of the
-  ``datetime`` namespace; anything else is refused with `SandboxError`;
-- `check_template` reads every expression of a compiled template before it
-  is saved, so that a marketer learns at once which expression is refused;
+  which answers from allowlists: what an `Exposed` value (a record) lets
+  read of itself, the harmless methods of text, numbers, dates and
+  containers, and the date and time classes of the ``datetime`` namespace;
+  anything else is refused with `SandboxError`;
+- the operations that compute or allocate in C, where no time limit
+  reaches, are bounded: repetition, shifts and products of big integers,
+  ``%`` and ``format`` widths, padding, ``join`` and ``replace``, ``iter``
+  with a sentinel, ``sum`` of sequences (`guarded`, `MAX_SIZE`,
+  `MAX_INT_BITS`, `MAX_WIDTH`);
+- `seal_template` reads every expression of a compiled template before it is
+  saved or rendered, so that a marketer learns at once which expression is
+  refused, and compiles it again with the guards of its operators;
 - templates may not run Python blocks nor include files (`NO_INCLUDES`).
 
-What is not on a list is refused: a method that writes, a model class, a
-module, the pool, the transaction, frames, ``str.format`` and the builtins
-that reach any of these.
+What is not on a list is refused: a model, a module, the pool, the
+transaction, frames, ``str.format`` and the builtins that reach any of
+these.  The module knows no database: the records that templates read are
+`Exposed` values given by the caller (see ``rendering.py``), and the
+renderings run in a child process that a runaway cannot outlive (see
+``render_box.py``).
 """
 import ast
 import ctypes
 import datetime
 import decimal
 import functools
+import re
 import threading
 import time
-import types
 
-from genshi.template.eval import LookupBase, Suite, UndefinedError
-
-from trytond.model import Model
-from trytond.pool import Pool
-from trytond.transaction import Transaction
+from genshi.template.eval import (
+    ExpressionASTTransformer, LookupBase, Suite, UndefinedError, _compile)
 
 __all__ = [
-    'TemplateFault', 'SandboxError', 'UnknownName', 'Lookup', 'NO_INCLUDES',
-    'Namespace', 'Exposed', 'DATETIME', 'check_template', 'expression_of',
-    'MAX_RANGE', 'RenderTimeout', 'time_limit', 'RecordAccessError',
-    'Access', 'RecordView']
+    'TemplateFault', 'SandboxError', 'UnknownName', 'TooBig', 'Described',
+    'Lookup',
+    'NO_INCLUDES', 'Namespace', 'Exposed', 'DATETIME', 'seal_template',
+    'expression_of', 'attribute_paths', 'MAX_RANGE', 'MAX_SIZE',
+    'MAX_INT_BITS', 'MAX_WIDTH', 'RenderTimeout', 'time_limit']
 
 # A loop of a template never needs more; a bigger one is a mistake or an
-# attempt to keep the cron busy.
+# attempt to keep the renderer busy.
 MAX_RANGE = 10000
+# The most characters (or items) one value of a template may hold: ten
+# times what an email may weigh by default
+MAX_SIZE = 5_000_000
+# The most bits of an integer that a product or a shift may make
+MAX_INT_BITS = 65536
+# The widest padding and the greatest precision of a format
+MAX_WIDTH = 10000
 
 
 class TemplateFault(Exception):
@@ -56,6 +69,15 @@ class SandboxError(TemplateFault):
 
 class UnknownName(TemplateFault):
     "An expression reads a name or a field that does not exist"
+
+
+class TooBig(SandboxError):
+    "An operation of a template would compute or allocate too much"
+
+
+class Described(Exception):
+    """An error of a value that says already what it is: an error that the
+    caller of a render box tells the template"""
 
 
 class _NoIncludes:
@@ -151,10 +173,141 @@ _CLASS_ATTRIBUTES = {
     datetime.timedelta: frozenset({'min', 'max'}),
     datetime.timezone: frozenset({'utc'}),
     }
+CLASSES = frozenset(_CLASS_ATTRIBUTES)
 _SUBSCRIPTABLE = (str, tuple, list, dict)
-_ALLOWED_ATTRIBUTES = frozenset().union(
-    *(names for _, names in _INSTANCE_ATTRIBUTES),
-    *_CLASS_ATTRIBUTES.values())
+_SIZED = (str, bytes, tuple, list)
+
+
+# The guards of what C computes at once
+
+def _check_size(size, what):
+    if size > MAX_SIZE:
+        raise TooBig(
+            f"{what} would hold {size:,} characters or items, more than "
+            f"the {MAX_SIZE:,} a value of a template may hold")
+
+
+def _check_bits(bits, what):
+    if bits > MAX_INT_BITS:
+        raise TooBig(
+            f"{what} would make a number of {bits:,} bits, more than the "
+            f"{MAX_INT_BITS:,} a template may compute")
+
+
+def _check_width(width, what):
+    if width > MAX_WIDTH:
+        raise TooBig(
+            f"{what} of {width:,} is more than the {MAX_WIDTH:,} a template "
+            "may ask for")
+
+
+def _is_int(value):
+    return isinstance(value, int)
+
+
+def _multiply(left, right):
+    if _is_int(left) and _is_int(right):
+        _check_bits(
+            abs(left).bit_length() + abs(right).bit_length(),
+            "the product")
+    elif isinstance(left, _SIZED) and _is_int(right):
+        _check_size(len(left) * max(right, 0), "the repetition")
+    elif isinstance(right, _SIZED) and _is_int(left):
+        _check_size(len(right) * max(left, 0), "the repetition")
+    return left * right
+
+
+def _shift(left, right):
+    if _is_int(left) and _is_int(right) and right > 0:
+        _check_bits(abs(left).bit_length() + right, "the shift")
+    return left << right
+
+
+# A conversion of printf-style formatting: its width and precision
+_PERCENT = re.compile(
+    r'%(?:\([^)]*\))?[-#0 +]*(?P<width>\*|\d+)?'
+    r'(?:\.(?P<precision>\*|\d+))?[hlL]?.', re.DOTALL)
+
+
+def check_percent(template):
+    "Raise TooBig when the % format template asks for too wide a field"
+    if isinstance(template, bytes):
+        template = template.decode('latin-1')
+    for match in _PERCENT.finditer(template):
+        for part in ['width', 'precision']:
+            value = match.group(part)
+            if value == '*':
+                raise TooBig(
+                    f"the {part} '*' of {match.group()!r} is not allowed: "
+                    "write it in the format")
+            if value:
+                _check_width(int(value), f"the {part} {match.group()!r}")
+
+
+def _modulo(left, right):
+    if isinstance(left, (str, bytes)):
+        check_percent(left)
+    return left % right
+
+
+# A format specification: [[fill]align][sign][z][#][0][width][,_][.precision]
+_SPEC = re.compile(
+    r'(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?'
+    r'(?:\.(?P<precision>\d*))?', re.DOTALL)
+
+
+def check_format_spec(value, spec):
+    "Raise TooBig when format(value, spec) asks for too wide a field"
+    if isinstance(value, (datetime.date, datetime.time)):
+        # the specification of a date is a strftime format
+        _check_size(len(spec), "the format")
+        return
+    match = _SPEC.match(spec)
+    for part in ['width', 'precision']:
+        number = match.group(part) if match else None
+        if number:
+            _check_width(int(number), f"the {part} of {spec!r}")
+
+
+def _format(value, spec=''):
+    "format() with a bounded width and precision"
+    if not isinstance(spec, str):
+        raise TypeError("format() argument 2 must be str")
+    check_format_spec(value, spec)
+    return format(value, spec)
+
+
+_SENTINEL_ITEMS = MAX_RANGE * 10
+
+
+def _iter(*args):
+    """iter(), whose form with a sentinel yields at most _SENTINEL_ITEMS
+    items from Python, where the time limit reaches it"""
+    if len(args) != 2:
+        return iter(*args)
+    function, sentinel = args
+    return _sentinel_items(function, sentinel)
+
+
+def _sentinel_items(function, sentinel):
+    for _ in range(_SENTINEL_ITEMS):
+        item = function()
+        if item == sentinel:
+            return
+        yield item
+    raise TooBig(
+        f"iter() with a sentinel gave {_SENTINEL_ITEMS:,} items without "
+        "reaching it")
+
+
+_NUMBERS = (int, float, decimal.Decimal)
+
+
+def _sum(iterable, start=0):
+    "sum() of numbers: adding sequences copies them again at each item"
+    if not isinstance(start, _NUMBERS):
+        raise SandboxError("sum() adds numbers only: use join for texts")
+    return sum(iterable, start)
 
 
 def _range(*args):
@@ -164,6 +317,77 @@ def _range(*args):
         raise SandboxError(
             f"range() of more than {MAX_RANGE} numbers is not allowed")
     return numbers
+
+
+def _padding(method):
+    "A padding method of texts whose width is bounded"
+    def pad(text, width, *args):
+        if _is_int(width):
+            _check_width(width, f"the width of {method.__name__}()")
+        return method(text, width, *args)
+    return pad
+
+
+def _join(separator, items):
+    items = list(items)
+    if all(isinstance(i, type(separator)) for i in items):
+        _check_size(
+            sum(map(len, items)) + len(separator) * max(len(items) - 1, 0),
+            "the join")
+    return separator.join(items)
+
+
+def _replace(text, old, new, count=-1):
+    if isinstance(old, str) and isinstance(new, str) and len(new) > len(
+            old):
+        found = text.count(old) if old else len(text) + 1
+        if _is_int(count) and count >= 0:
+            found = min(found, count)
+        _check_size(
+            len(text) + found * (len(new) - len(old)), "the replacement")
+    return text.replace(old, new, count)
+
+
+_TEXT_GUARDS = {
+    'zfill': _padding(str.zfill),
+    'ljust': _padding(str.ljust),
+    'rjust': _padding(str.rjust),
+    'center': _padding(str.center),
+    }
+
+
+def _text_method(text, name):
+    "The method name of text, bound, with its guard when it has one"
+    if name in _TEXT_GUARDS:
+        guard = _TEXT_GUARDS[name]
+        return lambda *args: guard(text, *args)
+    if name == 'join':
+        return lambda items: _join(text, items)
+    if name == 'replace':
+        return lambda *args: _replace(text, *args)
+    return getattr(text, name)
+
+
+_BINARY_GUARDS = {
+    ast.Mult: '_guard_multiply',
+    ast.LShift: '_guard_shift',
+    ast.Mod: '_guard_modulo',
+    }
+
+
+class _GuardedTransformer(ExpressionASTTransformer):
+    """Genshi's transformation of the expressions of templates, which also
+    calls the guards of the operators that may compute too much in C"""
+
+    def visit_BinOp(self, node):
+        node = super().visit_BinOp(node)
+        guard = _BINARY_GUARDS.get(type(node.op))
+        if guard is None:
+            return node
+        call = ast.Call(
+            func=ast.Name(id=guard, ctx=ast.Load()),
+            args=[node.left, node.right], keywords=[])
+        return ast.copy_location(call, node)
 
 
 class RenderTimeout(SandboxError):
@@ -179,7 +403,8 @@ class _Watchdog:
     A loop of a template is Python that no lookup of the sandbox sees, so
     its time is bounded from outside: a thread raises RenderTimeout in the
     thread whose rendering is late, which Python delivers at the next
-    instruction."""
+    instruction.  What Python's C code does in one instruction is bounded
+    by the guards, and by the child process the renderings run in."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -198,9 +423,17 @@ class _Watchdog:
                 self._thread.start()
 
     def release(self):
-        "Stop watching this thread"
+        """Stop watching this thread, and withdraw its timeout if it was
+        raised but not yet delivered"""
+        thread_id = threading.get_ident()
+        # a NULL exception withdraws the one still pending: ready before the
+        # lock, so that it is the first call made under it, before Python
+        # looks for a pending exception again
+        withdraw = functools.partial(
+            _set_async_exception, ctypes.c_ulong(thread_id), None)
         with self._lock:
-            self._deadlines.pop(threading.get_ident(), None)
+            withdraw()
+            self._deadlines.pop(thread_id, None)
 
     def _watch(self):
         while True:
@@ -209,21 +442,24 @@ class _Watchdog:
                 now = time.monotonic()
                 for thread_id, deadline in list(self._deadlines.items()):
                     if deadline <= now:
-                        # once only: the entry is gone before the exception
-                        # reaches the thread
-                        del self._deadlines[thread_id]
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                            ctypes.c_ulong(thread_id),
-                            ctypes.py_object(RenderTimeout))
+                        self._fire(thread_id)
+
+    def _fire(self, thread_id):
+        """Raise RenderTimeout in the thread, once: its entry is gone before
+        the exception reaches it (the lock is held)"""
+        del self._deadlines[thread_id]
+        _set_async_exception(
+            ctypes.c_ulong(thread_id), ctypes.py_object(RenderTimeout))
 
 
-_WATCH_INTERVAL = 0.1
+_set_async_exception = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_WATCH_INTERVAL = 0.05
 _watchdog = _Watchdog()
 
 
 class time_limit:
     """Raise RenderTimeout in the block once it has run for seconds, or
-    never with None"""
+    never with None; the timeout never outlives the block"""
     __slots__ = ('seconds',)
 
     def __init__(self, seconds):
@@ -239,16 +475,16 @@ class time_limit:
 
 
 # The builtins that only compute: no introspection, no attribute by name,
-# no code, no file.
+# no code, no file; those that may compute too much in C are guarded.
 BUILTINS = {
     'True': True, 'False': False, 'None': None,
     'abs': abs, 'all': all, 'any': any, 'bool': bool, 'chr': chr,
     'dict': dict, 'divmod': divmod, 'enumerate': enumerate,
-    'filter': filter, 'float': float, 'format': format, 'int': int,
-    'iter': iter, 'len': len, 'next': next, 'list': list, 'map': map,
+    'filter': filter, 'float': float, 'format': _format, 'int': int,
+    'iter': _iter, 'len': len, 'next': next, 'list': list, 'map': map,
     'max': max, 'min': min,
     'ord': ord, 'range': _range, 'reversed': reversed, 'round': round,
-    'set': set, 'sorted': sorted, 'str': str, 'sum': sum, 'tuple': tuple,
+    'set': set, 'sorted': sorted, 'str': str, 'sum': _sum, 'tuple': tuple,
     'zip': zip,
     }
 
@@ -320,6 +556,9 @@ class Lookup(LookupBase):
         # the iterable of a comprehension named like its target: they find
         # the builtins of templates, not Python's
         namespace['__builtins__'] = _TEMPLATE_BUILTINS
+        namespace['_guard_multiply'] = _multiply
+        namespace['_guard_shift'] = _shift
+        namespace['_guard_modulo'] = _modulo
         return namespace
 
     @classmethod
@@ -387,6 +626,8 @@ def attribute(obj, key):
     for type_, names in _INSTANCE_ATTRIBUTES:
         if isinstance(obj, type_):
             if key in names:
+                if type_ is str:
+                    return _text_method(obj, key)
                 return getattr(obj, key)
             raise SandboxError(
                 f"{key!r} of {_kind(obj)} is not available in templates")
@@ -419,9 +660,11 @@ def expression_of(exception):
         return source
 
 
-def check_template(template):
-    """Raise SandboxError naming the first expression of the compiled Genshi
-    template that reaches for something refused"""
+def seal_template(template):
+    """Make the compiled Genshi template safe to render: raise SandboxError
+    naming its first expression that reaches for something refused or
+    computes too much from its constants, and compile each expression again
+    with the guards of its operators"""
     for expression in _expressions(template.stream):
         source = getattr(expression, 'source', '?')
         if isinstance(expression, Suite):
@@ -431,19 +674,96 @@ def check_template(template):
                 f"{{% python {source} %}}: Python code blocks are not "
                 "allowed")
         for node in ast.walk(expression.ast):
-            refusal = None
-            if isinstance(node, ast.Name):
-                refusal = _refusal_of_name(node.id)
-            elif isinstance(node, ast.Attribute):
-                refusal = _refusal_of_attribute(node.attr)
-            elif isinstance(node, ast.Pow):
-                # a power of a power takes the server hours to compute, in
-                # C, where no time limit reaches it
-                refusal = "the power operator (**) is not allowed"
+            refusal = _refusal_of_node(node)
             if refusal:
                 if source == '?':
                     source = ast.unparse(node)
                 raise SandboxError(f"${{{source}}}: {refusal}")
+        code = expression.code
+        expression.code = _compile(
+            expression.ast, source, mode='eval', filename=code.co_filename,
+            lineno=code.co_firstlineno, xform=_GuardedTransformer)
+
+
+def _refusal_of_node(node):
+    "Why the node of an expression is refused, or None"
+    if isinstance(node, ast.Name):
+        return _refusal_of_name(node.id)
+    elif isinstance(node, ast.Attribute):
+        return _refusal_of_attribute(node.attr)
+    elif isinstance(node, ast.BinOp):
+        if isinstance(node.op, ast.Pow):
+            # a power of a power takes hours to compute, in C
+            return "the power operator (**) is not allowed"
+        return _constant_refusal(_try_constant, node)
+    elif isinstance(node, ast.Call):
+        return _constant_refusal(_try_call, node)
+
+
+def _constant_refusal(attempt, node):
+    "The refusal of the guard of an operation of constants, or None"
+    try:
+        attempt(node)
+    except TooBig as exception:
+        return str(exception)
+    except Exception:
+        # left to the rendering, which tells the recipient's error
+        pass
+
+
+def _constant(node):
+    if not isinstance(node, ast.Constant):
+        raise ValueError("not a constant")
+    return node.value
+
+
+def _try_constant(node):
+    "Check an operation of two constants with its guard, without running it"
+    guards = {
+        ast.Mult: lambda l, r: (
+            _check_size(len(l) * r, "the repetition")
+            if isinstance(l, _SIZED) and _is_int(r)
+            else _check_size(len(r) * l, "the repetition")
+            if isinstance(r, _SIZED) and _is_int(l)
+            else _check_bits(
+                abs(l).bit_length() + abs(r).bit_length(), "the product")),
+        ast.LShift: lambda l, r: _check_bits(
+            abs(l).bit_length() + r, "the shift"),
+        ast.Mod: lambda l, r: check_percent(l),
+        }
+    guard = guards.get(type(node.op))
+    if guard:
+        guard(_constant(node.left), _constant(node.right))
+
+
+def _try_call(node):
+    "Check a call of format() or of a padding method with constants"
+    func = node.func
+    if isinstance(func, ast.Name) and func.id == 'format' and len(
+            node.args) == 2:
+        check_format_spec(_constant(node.args[0]), _constant(node.args[1]))
+    elif (isinstance(func, ast.Attribute) and func.attr in _TEXT_GUARDS
+            and node.args):
+        _check_width(
+            _constant(node.args[0]), f"the width of {func.attr}()")
+
+
+def attribute_paths(template):
+    """The chains of attributes that the expressions of the compiled
+    template read from a name, such as ('record', 'party', 'name'): what
+    may be read ahead for each recipient"""
+    paths = set()
+    for expression in _expressions(template.stream):
+        if isinstance(expression, Suite):
+            continue
+        for node in ast.walk(expression.ast):
+            chain = []
+            while isinstance(node, ast.Attribute):
+                chain.append(node.attr)
+                node = node.value
+            if chain and isinstance(node, ast.Name):
+                paths.add((node.id, *reversed(chain)))
+    return paths
 
 
 def _expressions(stream):
@@ -483,180 +803,3 @@ def _codes(value, depth=0):
             getattr(value, name, None) for name in slots]
         for member in members:
             yield from _codes(member, depth + 1)
-
-
-# Models and fields that no template reads, whatever the access rights say:
-# what opens a session or signs a link.
-_HIDDEN_MODELS = frozenset({
-        'ir.session', 'ir.session.wizard', 'res.user.application',
-        'res.user.device', 'res.user.login.attempt',
-        'marketing.automation.email.secret'})
-_USER_FIELDS = frozenset({'id', 'rec_name', 'name', 'email', 'signature'})
-_PLAIN = (
-    str, int, float, decimal.Decimal, datetime.date, datetime.time,
-    datetime.timedelta, bytes)
-
-
-class RecordAccessError(Exception):
-    "The Marketing group may not read this record"
-
-
-class Access:
-    """What the templates of one batch may read: the models, fields and
-    records that the groups of context (a record's
-    ``marketing_access_context``) may read, each checked once
-
-    The checks run for the transaction's user, who must not be root: root
-    may read everything."""
-
-    def __init__(self, context):
-        self.access_context = context
-        self._models = {}
-        self._fields = {}
-        self._records = {}
-        self._functions = {}
-
-    def _checking(self):
-        return Transaction().set_context(
-            self.access_context, _check_access=True)
-
-    def check_field(self, Model, name):
-        "Raise SandboxError unless the field of Model may be read"
-        key = Model.__name__, name
-        refusal = self._fields.get(key, False)
-        if refusal is False:
-            refusal = self._fields[key] = self._field_refusal(Model, name)
-        if refusal:
-            raise SandboxError(refusal)
-
-    def _field_refusal(self, Model, name):
-        pool = Pool()
-        ModelAccess = pool.get('ir.model.access')
-        FieldAccess = pool.get('ir.model.field.access')
-        model = Model.__name__
-        lowered = name.lower()
-        if (model in _HIDDEN_MODELS
-                or (model == 'res.user' and name not in _USER_FIELDS)
-                or 'password' in lowered or 'secret' in lowered):
-            return f"{model} {name!r} is not available in templates"
-        with self._checking():
-            if not ModelAccess.check(model, 'read', raise_exception=False):
-                return (f"the Marketing group may not read {model} "
-                    "records")
-            if name != 'id' and not FieldAccess.check(
-                    model, [name], 'read', raise_exception=False):
-                return f"the Marketing group may not read {model} {name!r}"
-
-    def check_record(self, record):
-        "Raise RecordAccessError unless the record may be read"
-        key = record.__class__.__name__, record.id
-        if key not in self._records:
-            Rule = Pool().get('ir.rule')
-            try:
-                with self._checking():
-                    Rule.check(key[0], [record.id])
-            except Exception:
-                self._records[key] = (
-                    f"the Marketing group may not read {key[0]},{key[1]}")
-            else:
-                self._records[key] = None
-        if self._records[key]:
-            raise RecordAccessError(self._records[key])
-
-    def view(self, value):
-        "The value of a field as templates see it"
-        if isinstance(value, Model):
-            return RecordView(value, self)
-        if value is None or isinstance(value, _PLAIN):
-            return value
-        if isinstance(value, (list, tuple)):
-            return tuple(self.view(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self.view(v) for k, v in value.items()}
-        raise SandboxError(
-            f"a value of type {type(value).__name__} cannot be read by "
-            "templates")
-
-    def context(self, values):
-        """The variables of a template as it may see them
-
-        Records become views, the datetime module its namespace of classes,
-        functions take records in place of their views; a module, a class
-        or any other object is refused."""
-        return {name: self._variable(name, value)
-            for name, value in values.items()}
-
-    def _variable(self, name, value):
-        if value is datetime:
-            return DATETIME
-        if isinstance(value, (Namespace, Exposed)):
-            return value
-        if isinstance(value, type):
-            if value in _CLASS_ATTRIBUTES:
-                return value
-        elif isinstance(value, types.ModuleType):
-            pass
-        elif callable(value) and not isinstance(value, Model):
-            return self._function(value)
-        else:
-            return self.view(value)
-        raise SandboxError(
-            f"the variable {name!r} cannot be given to templates")
-
-    def _function(self, function):
-        """function, taking the records that a template gives it as records
-        rather than as their views"""
-        # bound methods are new objects at each access: key them by what
-        # they bind
-        key = (getattr(function, '__func__', function),
-            getattr(function, '__self__', None))
-        wrapper = self._functions.get(key)
-        if wrapper is None:
-            @functools.wraps(function)
-            def wrapper(*args, **kwargs):
-                args = [_record_of(a) for a in args]
-                kwargs = {k: _record_of(v) for k, v in kwargs.items()}
-                result = function(*args, **kwargs)
-                if isinstance(result, (Model, list, tuple)):
-                    result = self.view(result)
-                return result
-            self._functions[key] = wrapper
-        return wrapper
-
-
-def _record_of(value):
-    if isinstance(value, RecordView):
-        return value._record
-    return value
-
-
-class RecordView(Exposed):
-    """A record as templates read it: its fields, within the access rights
-    of an Access, the records it links to as views again"""
-    __slots__ = ('_record', '_access')
-
-    def __init__(self, record, access):
-        self._record = record
-        self._access = access
-
-    def expose(self, name):
-        record = self._record
-        Model = record.__class__
-        if name != 'id' and name not in Model._fields:
-            raise UnknownName(f"{Model.__name__} has no field {name!r}")
-        self._access.check_field(Model, name)
-        self._access.check_record(record)
-        return self._access.view(getattr(record, name))
-
-    def __str__(self):
-        return f'{self._record.__class__.__name__},{self._record.id}'
-
-    __repr__ = __str__
-
-    def __eq__(self, other):
-        if isinstance(other, RecordView):
-            return str(self) == str(other)
-        return NotImplemented
-
-    def __hash__(self):
-        return hash(str(self))

@@ -24,7 +24,8 @@ from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
 from .test_email import Mail, inspecting, message, welcome
-from .tools import SendingTestMixin, SMTPServer, committed
+from .tools import (
+    SendingTestMixin, SMTPServer, committed, without_mjml_compilers)
 
 LOGGER = 'trytond.modules.marketing_automation'
 
@@ -369,9 +370,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
                         '<mj-text>Hello ${record.name}</mj-text>'
                         '</mj-column></mj-section></mj-body></mjml>')),
                 news("Fine")])
-        from trytond.modules.marketing_automation import mailing
-
-        with mock.patch.multiple(mailing, mrml=None, mjml2html=None):
+        with without_mjml_compilers():
             self.run_crons()
 
         self.assertEqual(self.subjects(), ["Fine for Ann"])

@@ -13,6 +13,10 @@ import asyncio
 import email
 import email.policy
 import logging
+import os
+import shutil
+import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -35,12 +39,34 @@ from trytond.worker import run_task
 __all__ = [
     'Received', 'SMTPServer', 'override_config', 'committed', 'run_queue',
     'parse_message', 'html_links', 'SendingTestMixin', 'BROWSER',
-    'event_clock', 'human_request', 'decide_events']
+    'event_clock', 'human_request', 'decide_events',
+    'without_mjml_compilers']
 
 Received = namedtuple('Received', ['mail_from', 'rcpt_tos', 'data'])
 # the loopback server of the tests asks for a login without TLS on purpose
 warnings.filterwarnings(
     'ignore', 'Requiring AUTH while not requiring TLS', UserWarning)
+
+
+@contextmanager
+def without_mjml_compilers():
+    """Render in boxes whose interpreter finds no MJML compiler, as on a
+    server where none is installed"""
+    from trytond.modules.marketing_automation import mailing, render_box
+    directory = tempfile.mkdtemp(prefix='marketing-no-mjml-')
+    for name in ['mrml', 'mjml']:
+        with open(os.path.join(directory, name + '.py'), 'w') as file:
+            file.write('raise ImportError("not installed")\n')
+    sys.path.insert(0, directory)
+    # the boxes started before know the compilers
+    render_box.close_boxes()
+    try:
+        with mock.patch.multiple(mailing, mrml=None, mjml2html=None):
+            yield
+    finally:
+        sys.path.remove(directory)
+        render_box.close_boxes()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _refusal(code):
