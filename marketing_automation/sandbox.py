@@ -729,8 +729,11 @@ def _try_constant(node):
                 abs(l).bit_length() + abs(r).bit_length(), "the product")),
         ast.LShift: lambda l, r: _check_bits(
             abs(l).bit_length() + r, "the shift"),
-        ast.Mod: lambda l, r: check_percent(l),
         }
+    if isinstance(node.op, ast.Mod):
+        # the format alone tells its widths
+        check_percent(_constant(node.left))
+        return
     guard = guards.get(type(node.op))
     if guard:
         guard(_constant(node.left), _constant(node.right))

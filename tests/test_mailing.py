@@ -250,6 +250,40 @@ class MJMLTestCase(unittest.TestCase):
             mailing.check_body('<mjml><mj-body><mj-text>')
 
 
+class WeightTestCase(unittest.TestCase):
+    "What an email may weigh"
+
+    def test_too_heavy_names_the_heaviest_expression(self):
+        templates = mailing.compile_templates(
+            "Hi ${name}",
+            '<p>${name}</p>\n<p py:for="i in range(100)">${block}</p>')
+        with self.assertRaises(mailing.RenderError) as cm:
+            mailing.render(
+                templates, {'name': "Ann", 'block': 'x' * 1000},
+                max_size=50000)
+        self.assertFalse(cm.exception.fault)
+        self.assertEqual(
+            str(cm.exception),
+            "TooHeavy: the email weighs more than 50 KB: ${block} (line 2) "
+            "makes 50 KB of it")
+
+    def test_weight_of_a_rendering(self):
+        "A rendering tells what weighs most in it, within the limit"
+        templates = mailing.compile_templates(
+            "${title}", '<p>Hello</p><p>${name}</p>')
+        rendered = mailing.render(
+            templates, {'title': 't' * 300, 'name': "Ann"}, max_size=50000)
+        self.assertEqual(rendered.heaviest, ("the title", 300))
+        rendered = mailing.render(
+            templates, {'title': "Hi", 'name': 'n' * 300})
+        self.assertEqual(rendered.heaviest, ("${name} (line 1)", 300))
+
+    def test_weights_read(self):
+        self.assertEqual(
+            [mailing.weight(s) for s in [12, 4500, 39_700_000]],
+            ["12 bytes", "4 KB", "39.7 MB"])
+
+
 class TextTestCase(unittest.TestCase):
     "The plain-text part"
 
@@ -270,6 +304,22 @@ class TextTestCase(unittest.TestCase):
         text = self.text(self.html)
         self.assertEqual(
             text, "News\n\nHello Ann,\n\nRead (https://s.example/0)\n")
+
+    def test_control_characters_of_values(self):
+        """The control characters of a value make no line nor paragraph of
+        the text; spaces and breaks of any length collapse"""
+        text = self.text(
+            '<p>${a}</p><div>x</div><p>${b}</p>',
+            a="one\x00two\x01three", b=(' ' + chr(0)) * 1000 + "end")
+        self.assertEqual(text, "one two three\n\nx\n\nend\n")
+
+    def test_text_of_a_large_value(self):
+        """A value of a million spaces and control characters converts
+        within the time limit of a rendering (the conversion reads it once)"""
+        templates = mailing.compile_templates("Hi", '<p>${t}</p><p>end</p>')
+        rendered = mailing.render(
+            templates, {'t': (' ' + chr(0)) * 500000}, timeout=5)
+        self.assertEqual(rendered.text, "end\n")
 
     def test_hidden_content(self):
         text = self.text(self.html)

@@ -15,7 +15,9 @@ import datetime as dt
 import os
 import secrets
 import shutil
+import sys
 import tempfile
+import threading
 import time
 import unittest
 from collections import namedtuple
@@ -172,6 +174,23 @@ class OrdinaryTemplatesTestCase(unittest.TestCase):
             "('b', 1)|[1, 1, 3]|True|True|['3', '1', '1']|[1]|1|2|[1, 3]|"
             "(3, 1, 1)|['c', 'b', 'a']|c|{'a': 1}|A")
 
+    def test_bounded_operations(self):
+        """Repetition, padding, widths, join, replace, shifts and products
+        work within their bounds"""
+        self.assertEqual(subject(
+                "${'ab' * 3}|${str([0] * 3)}|${'7'.zfill(3)}|"
+                "${'a'.ljust(3, '.')}|${'a'.rjust(3, '.')}|"
+                "${'a'.center(5, '*')}|${'%05.1f' % 2.25}|"
+                "${'%-3s|' % 'x'}|${format(42, '>6')}|${format(3, '08b')}|"
+                "${'-'.join(items)}|${'a-b'.replace('-', ' and ')}|"
+                "${1 << 10}|${big * big > 0}|${sum([1.5, 2])}|"
+                "${str(list(iter(items)))}|${7 % 4}|${str(items * 2)}",
+                items=['x', 'y'], big=2 ** 1000),
+            # the subject collapses its spaces
+            "ababab|[0, 0, 0]|007|a..|..a|**a**|002.2|x || 42|00000011|"
+            "x-y|a and b|1024|True|3.5|['x', 'y']|3|"
+            "['x', 'y', 'x', 'y']")
+
     def test_range(self):
         "range() gives up to MAX_RANGE numbers"
         self.assertEqual(subject(
@@ -323,6 +342,29 @@ class RefusedOnSaveTestCase(unittest.TestCase):
             self.assertRefused(
                 mailing.check_body, f'<p>${{{source}}}</p>', needle)
 
+    def test_work_of_c_code(self):
+        """What Python's C code would compute at once from constants, with
+        no time limit to stop it, is refused with the bound it passes"""
+        for source, needle in [
+                ("'x' * 20000000", "the repetition would hold 20,000,000"),
+                ("'%0999999999d' % 0", "the width '%0999999999d'"),
+                ("'%.999999999f' % x", "the precision"),
+                ("'%*d' % (999999999, 0)", "'*'"),
+                ("format(0, '0999999999')", "the width of '0999999999'"),
+                ("format(1.5, '.999999999f')", "the precision"),
+                ("name.zfill(999999999)", "zfill()"),
+                ("name.ljust(999999999)", "ljust()"),
+                ("name.center(999999999, '-')", "center()"),
+                ]:
+            self.assertRefused(
+                mailing.check_body, f'<p>${{{source}}}</p>', needle)
+        self.assertRefused(
+            mailing.check_title, '${(1 << 24000000) > 0}',
+            "${(1 << 24000000) > 0}: the shift would make a number of "
+            "24,000,001 bits")
+        self.assertRefused(
+            mailing.check_title, '${(2 ** 2) * 1}', 'power operator')
+
     def test_python_syntax(self):
         "f-strings, assignment expressions and comprehensions of sets"
         for source, needle in [
@@ -465,6 +507,58 @@ class RefusedOnRenderTestCase(unittest.TestCase):
         "range() of more than MAX_RANGE numbers is refused"
         self.assertFault("range(1000000000)", 'range()')
         self.assertFault(f"range({MAX_RANGE + 1})", 'range()')
+
+    def test_work_of_c_code(self):
+        """What Python's C code would compute at once is refused before it
+        starts, as a fault of the template that names the expression"""
+        self.assertFault("any(iter(int, 1))", "iter() with a sentinel")
+        self.assertFault("name * 10000000", "the repetition")
+        self.assertFault("items * 10000000", "the repetition")
+        for source, needle in [
+                ("len(name) << 24000000", "the shift"),
+                ("int('9' * 4000) * (1 << 60000)", "the product would make"),
+                ]:
+            # a text template, where '<' needs no escaping
+            templates = mailing.compile_templates(f"${{{source}}}", "<p/>")
+            with self.assertRaises(mailing.RenderError) as cm:
+                mailing.render(templates, {'name': "Ann"})
+            self.assertTrue(cm.exception.fault)
+            self.assertIn(f"${{{source}}}: {needle}", str(cm.exception))
+        self.assertFault("(name[:0] + '%0999999999d') % 0", "the width")
+        self.assertFault("format(0, name[:0] + '09999999')", "the width")
+        self.assertFault("name.zfill(len(name) * 99999999)", "zfill()")
+        self.assertFault("'-'.join(['x'] * 3000000)", "the join")
+        self.assertFault("name.replace('', 'x' * 4000000)", "replacement")
+        self.assertFault("sum([[0]] * 3, [])", "sum() adds numbers only")
+        self.assertFault("sum(items, name)", "sum() adds numbers only")
+
+    def test_time_limit_stays_in_its_block(self):
+        """A timeout raised by the watchdog while the rendering leaves its
+        block is withdrawn: it never surfaces in the code that follows"""
+        watchdog = sandbox._Watchdog()
+        thread = threading.get_ident()
+
+        def fire_while_released():
+            # the deadline passes just as the thread leaves the block, while
+            # it waits to stop being watched
+            with watchdog._lock:
+                while sys._current_frames()[thread].f_code.co_name != (
+                        'release'):
+                    time.sleep(0.001)
+                watchdog._fire(thread)
+
+        helper = threading.Thread(target=fire_while_released)
+        watchdog.watch(60)
+        helper.start()
+        try:
+            watchdog.release()
+            # what runs after the rendering
+            total = sum(range(100000))
+        except sandbox.RenderTimeout:
+            self.fail("the timeout surfaced after its block")
+        finally:
+            helper.join()
+        self.assertEqual(total, 4999950000)
 
     def test_include_of_an_expression(self):
         "An include whose target is computed is refused when rendering"
@@ -740,6 +834,49 @@ CORPUS = [
     expression('resource', RENDER, 'range(1000000000)', 'range()'),
     expression('resource', RENDER, 'list(range(100000))', 'range()'),
     expression('resource', SAVE, '10 ** 10 ** 8', 'power operator'),
+    # Work that Python's C code does at once, where no time limit reaches
+    expression('c-level', RENDER, 'any(iter(int, 1))',
+        'iter() with a sentinel'),
+    body('c-level', RENDER, '<p py:for="i in iter(int, 1)">x</p>',
+        'iter() with a sentinel'),
+    expression('c-level', RENDER, "(' ' + chr(0)) * 6000000",
+        'the repetition'),
+    expression('c-level', SAVE, "'x' * 20000000", 'the repetition'),
+    expression('c-level', RENDER, "'x' * 10 * 1000000000", 'the repetition'),
+    title('c-level', SAVE,
+        '${((1 << 24000000) - 1) * ((1 << 24000000) - 3) > 0}',
+        'the shift'),
+    title('c-level', RENDER, '${len(record.name) << 24000000}',
+        'the shift'),
+    title('c-level', RENDER, "${int('9' * 4000) * (1 << 60000) > 0}",
+        'the product'),
+    expression('c-level', SAVE, "'%0999999999d' % 0", 'width'),
+    expression('c-level', SAVE, "'%.999999999f' % 0", 'precision'),
+    expression('c-level', SAVE, "'%*d' % (999999999, 0)", "'*'"),
+    expression('c-level', RENDER, "(record.name[:0] + '%0999999999d') % 0",
+        'width'),
+    expression('c-level', SAVE, "format(0, '0999999999')", 'width'),
+    expression('c-level', SAVE, "format(1.5, '.999999999f')", 'precision'),
+    expression('c-level', SAVE, "'a'.zfill(999999999)", 'zfill()'),
+    expression('c-level', SAVE, "'a'.ljust(999999999)", 'ljust()'),
+    expression('c-level', SAVE, "'a'.center(999999999)", 'center()'),
+    expression('c-level', SAVE, "record.name.rjust(999999999)",
+        'rjust()'),
+    expression('c-level', RENDER, "'-'.join(['x'] * 3000000)", 'the join'),
+    expression('c-level', RENDER, "record.name.replace('', 'x' * 4000000)",
+        'the replacement'),
+    expression('c-level', RENDER, 'sum([[0] * 100] * 100, [])', 'sum()'),
+    # what the guards let through: stopped by the render box
+    expression('c-level', RENDER,
+        '[[0] * 5000000] * 5000000 == [[0] * 5000000] * 5000000',
+        'too long'),
+    expression('c-level', RENDER, 'str([[0] * 5000000] * 5000000)',
+        'render'),
+    # An email too heavy to send
+    expression('size', RENDER, "'x' * 4000000", 'weighs more than'),
+    body('size', RENDER,
+        '<p py:for="i in range(10000)">${record.name * 100}</p>',
+        '${record.name * 100} (line 1)'),
     ]
 
 ORDINARY_TITLE = "Hello ${record.name}"
@@ -781,6 +918,8 @@ class EscapeCorpusTestCase(SendingTestMixin, TestCase):
                 ('email', 'uri'): self.smtp.uri(timeout=5),
                 ('marketing', 'automation_base'): 'http://localhost:8000',
                 ('marketing', 'email_from'): 'news@example.com',
+                # the render box stops what the guards let through
+                ('marketing', 'render_timeout'): '2',
                 })
         self.addCleanup(self.stop_scenarios)
         directory = tempfile.mkdtemp(prefix='marketing-sandbox-')
