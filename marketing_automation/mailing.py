@@ -269,6 +269,9 @@ def render(templates, context, timeout=None, trap=False, max_size=None):
                     _track, links, weight, trap=trap))
             html = Stream(events).render('html', encoding=None)
             text = _text(events)
+    except MemoryError:
+        # the process is short of memory: its caller decides
+        raise
     except Exception as exception:
         raise RenderError.of(exception) from exception
     return Rendered(
@@ -299,8 +302,8 @@ class Weight:
         if self.max_size and self.total > self.max_size:
             description, heaviest = self.heaviest()
             raise TooHeavy(
-                f"the email weighs more than {weight(self.max_size)}: "
-                f"{description} makes {weight(heaviest)} of it")
+                f"the email weighs more than the {weight(self.max_size)} an "
+                f"email may: {description} makes {weight(heaviest)} of it")
 
     def heaviest(self):
         """The description of the place of the template that made the most

@@ -514,8 +514,16 @@ class EmailBatch:
                 language=recipient.language,
                 headers=activity.email_headers(recipient.record))
             self._check_size(message, rendered)
-        except (mailing.RenderError, mailing.TooHeavy,
-                ValueError) as exception:
+        except mailing.TooHeavy as exception:
+            # the templates made it so: the renderer counts it as a failure
+            # of their rendering
+            self.renderer.failed(exception)
+            self.errors[entry_id] = gettext(
+                'marketing_automation.msg_email_render_error',
+                exception=exception)
+            del self.links[first_link:]
+            return
+        except (mailing.RenderError, ValueError) as exception:
             self.errors[entry_id] = gettext(
                 'marketing_automation.msg_email_render_error',
                 exception=exception)

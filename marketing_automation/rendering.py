@@ -472,6 +472,11 @@ class Renderer:
         values.setdefault('language', language)
         return values
 
+    def failed(self, exception):
+        """Count the email of a recipient that the templates made unusable
+        (too heavy) as a failure of their rendering"""
+        self.failures.append(exception)
+
     def check(self):
         """Raise ActivityFault when the template failed for every recipient
         it was rendered for, and for more than one"""

@@ -360,6 +360,56 @@ class FaultsTestCase(SendingTestMixin, TestCase):
         self.assertEqual(self.subjects(), ["Fine for Ann"])
         self.assertPaused("Endless", "too long")
 
+    def test_template_that_loops_in_c(self):
+        """A template whose work never returns to Python pauses its activity
+        at the time limit, and the other activities go on"""
+        self.configure({('marketing', 'render_timeout'): '1'})
+        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        self.start_scenario([ann], [
+                news("Runaway", email_template=(
+                        '<p>${[[0] * 5000000] * 5000000 == '
+                        '[[0] * 5000000] * 5000000}</p>')),
+                news("Sentinel", email_template=(
+                        '<p>${any(iter(int, 1))}</p>')),
+                news("Fine")])
+
+        self.run_crons()
+
+        self.assertEqual(self.subjects(), ["Fine for Ann"])
+        self.assertPaused("Runaway", "too long")
+        self.assertPaused(
+            "Sentinel", "${any(iter(int, 1))}: iter() with a sentinel")
+
+    def test_email_too_heavy(self):
+        """An email heavier than [marketing] email_max_size is not sent: the
+        error of its recipient, or the fault of its activity when it is so
+        for everyone, names the expression that weighs most"""
+        self.configure({('marketing', 'email_max_size'): '20000'})
+        ann, bob, eve = self.create_parties(
+            ("Ann", 'ann@example.com'), ("Bob", 'bob@example.com'),
+            ("Eve" * 10000, 'eve@example.com'))
+        self.start_scenario([ann, bob, eve], [
+                news("Heavy", email_template=(
+                        '<p>Hello</p>\n'
+                        '<p py:for="i in range(2000)">${record.name}</p>')),
+                news("Named")])
+
+        self.run_crons()
+
+        self.assertEqual(
+            self.subjects(), ["Named for Ann", "Named for Bob"])
+        self.assertPaused(
+            "Heavy", "more than the 20 KB an email may: ${record.name} "
+            "(line 2) makes")
+        with inspecting():
+            (state, error, sent), = [
+                e for e in self.entries("Named") if not e[2]]
+        self.assertEqual(state, 'done')
+        # her name in the subject
+        self.assertIn(
+            "the email weighs more than the 20 KB an email may: the title "
+            "makes 30 KB of it", error)
+
     def test_missing_mjml_compiler(self):
         """Without an MJML compiler an MJML activity waits, and goes once
         there is one"""

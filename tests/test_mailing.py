@@ -264,8 +264,8 @@ class WeightTestCase(unittest.TestCase):
         self.assertFalse(cm.exception.fault)
         self.assertEqual(
             str(cm.exception),
-            "TooHeavy: the email weighs more than 50 KB: ${block} (line 2) "
-            "makes 50 KB of it")
+            "TooHeavy: the email weighs more than the 50 KB an email may: "
+            "${block} (line 2) makes 50 KB of it")
 
     def test_weight_of_a_rendering(self):
         "A rendering tells what weighs most in it, within the limit"

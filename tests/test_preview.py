@@ -18,18 +18,22 @@ import datetime as dt
 import json
 import random
 import string
+import threading
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import lxml.html
 from sql import Literal
+from werkzeug.test import Client
 
 from trytond.modules.marketing_automation import \
     marketing_automation_preview as preview
+from trytond.modules.marketing_automation import render_box
 from trytond.pool import Pool
 from trytond.pyson import PYSONDecoder
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
+from trytond.wsgi import app
 
 from .test_access import RPCError, Session
 from .test_email import (
@@ -435,6 +439,51 @@ class PreviewTestCase(SendingTestMixin, TestCase):
         self.assertIn('${record.nmae}', page_text(response))
         self.assertEqual(self.smtp.received(), [])
         self.assertEqual(self.logged_tests(activity), [])
+
+    def test_runaway_template_blocks_no_request(self):
+        """A template that loops in C stops at the time limit in the
+        preview, and the server answers the other requests meanwhile"""
+        self.configure({('marketing', 'render_timeout'): '3'})
+        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        _, activity = self.create_scenario([ann])
+        self.store(activity, email_template=(
+                '<p>${[[0] * 5000000] * 5000000 == '
+                '[[0] * 5000000] * 5000000}</p>'))
+        mary = self.login()
+        values = mary.open_preview(activity)
+        self.assertIn("too long", values['error'])
+        mary.execute('open_', form(values))
+        (action, _), = mary.actions
+        url = urlsplit(action['url'])
+
+        rendering = threading.Event()
+        render = render_box.Box.render
+
+        def render_and_tell(*args, **kwargs):
+            rendering.set()
+            yield from render(*args, **kwargs)
+
+        answered = []
+
+        def request_the_image():
+            # another request to the same process, in a thread of its own
+            # as a server gives it
+            if rendering.wait(30):
+                response = Client(app).get('/m/empty.gif')
+                answered.append((response.status_code, preview_done.is_set()))
+
+        preview_done = threading.Event()
+        other = threading.Thread(target=request_the_image)
+        other.start()
+        with mock.patch.object(render_box.Box, 'render', render_and_tell):
+            response = self.client.get(f'{url.path}?{url.query}')
+        preview_done.set()
+        other.join()
+
+        # the image was served while the preview was still rendering
+        self.assertEqual(answered, [(200, False)])
+        self.assertEqual(response.status_code, 422)
+        self.assertIn("too long", page_text(response))
 
     def test_error_of_the_record_is_shown(self):
         "A template that fails on a value of this record says so"
