@@ -164,9 +164,10 @@ class Access:
             else:
                 found = ids
             for record_id in ids:
+                # not even its id is told
                 self._records[model, record_id] = (
                     None if record_id in found else
-                    f"the Marketing group may not read {model},{record_id}")
+                    f"the Marketing group may not read this {model} record")
         return [r for r in records
             if not self._records[r.__name__, r.id]]
 

@@ -1153,6 +1153,93 @@ class EscapeCorpusTestCase(SendingTestMixin, TestCase):
                         [(e.state, e.email_sent) for e in entries],
                         [('waiting', False)] * 2)
 
+    def test_records_outside_the_rights_are_not_shown(self):
+        """A template shows nothing of the records its author may not read:
+        not their fields, not their ids, not how many there are"""
+        ann, bob, zed, marketer = self.create_people()
+        with committed():
+            pool = Pool()
+            Category = pool.get('party.category')
+            Party = pool.get('party.party')
+            RuleGroup = pool.get('ir.rule.group')
+            ModelData = pool.get('ir.model.data')
+            vip, = Category.search([('name', '=', "VIP")])
+            secret, = Category.create([{'name': "Secret"}])
+            Category.write([vip], {'parent': secret.id})
+            Party.write([Party(ann)], {
+                    'categories': [('add', [secret.id])]})
+            RuleGroup.create([{
+                        'name': "Marketing reads no secret category",
+                        'model': 'party.category',
+                        'global_p': False,
+                        'default_p': False,
+                        'groups': [('add', [ModelData.get_id(
+                                        'marketing', 'group_marketing')])],
+                        'rules': [('create', [{
+                                        'domain': PYSONEncoder().encode(
+                                            [('name', '!=', "Secret")]),
+                                        }])],
+                        }])
+            secret_id, vip_id = secret.id, vip.id
+        with self.as_marketer(marketer) as transaction:
+            pool = Pool()
+            Scenario = pool.get('marketing.automation.scenario')
+            scenario, = Scenario.create([{
+                        'name': "Categories",
+                        'model': 'party.party',
+                        'domain': PYSONEncoder().encode(
+                            [('id', 'in', [ann, bob])]),
+                        'activities': [('create', [{
+                                        'name': "Counted",
+                                        'action': 'send_email',
+                                        'email_title': (
+                                            "${len(record.categories)}|"
+                                            "${str(record.categories)}"),
+                                        'email_template': (
+                                            '<p py:for="c in '
+                                            'record.categories">${c.name}'
+                                            '</p>'),
+                                        }, {
+                                        'name': "Parent",
+                                        'action': 'send_email',
+                                        'email_title': "Parent",
+                                        'email_template': (
+                                            '<p py:for="c in '
+                                            'record.categories">'
+                                            '${c.parent}</p>'),
+                                        }])],
+                        }])
+            Scenario.run([scenario])
+            transaction.commit()
+
+        self.run_crons()
+
+        mails = {}
+        for received in self.smtp.received():
+            parsed = parse_message(received.data)
+            mails[received.rcpt_tos[0], parsed['Subject']] = parsed
+        self.assertEqual(sorted(mails), [
+                ('ann@example.com', f"1|(party.category,{vip_id},)"),
+                ('bob@example.com', "0|()"),
+                ('bob@example.com', "Parent"),
+                ])
+        text = mails['ann@example.com', f"1|(party.category,{vip_id},)"
+            ].get_body(('plain',)).get_content()
+        self.assertEqual(text.split(), ["VIP"])
+        self.assertNoLeak(self.smtp.received(), [
+                "Secret", f"party.category,{secret_id}"])
+        with Transaction().start(DB_NAME, 0, readonly=True):
+            RecordActivity = Pool().get(
+                'marketing.automation.record.activity')
+            entry, = RecordActivity.search([
+                    ('activity.name', '=', "Parent"),
+                    ('record.record', '=', f'party.party,{ann}'),
+                    ])
+            self.assertEqual(entry.email_sent, False)
+            self.assertIn(
+                "may not read this party.category record", entry.error)
+            self.assertNotIn(str(secret_id), entry.error)
+
     def assertNoLeak(self, received, leaks):
         "Assert that no text of leaks shows in the received messages"
         for message in received:
