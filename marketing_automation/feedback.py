@@ -48,8 +48,11 @@ Message-IDs it sent::
     ids = (read_token(secret, token) for token in feedback.tokens)
     record_activity_id = next(filter(None, ids), None)
 
-A message that names no entry this way has no effect, whatever its kind:
-anyone can write "Action: failed" in a message to the bounce address.
+A message that names no entry this way should have no effect, whatever its
+kind: anyone can write "Action: failed" in a message to the bounce address.
+``find_tokens(bounce_address, values)`` finds the tokens in any header
+values, and ``normalize_address`` gives an address as ``recipients`` hold
+them.
 
 The kinds, tried in this order:
 
@@ -76,7 +79,7 @@ The kinds, tried in this order:
    email, ``Precedence: bulk``/``junk``, X-Auto-Response-Suppress or an
    out-of-office subject in one of several languages);
 5. a ``REPLY``: any other message that refers to an email (In-Reply-To,
-   References) or reached a VERP address;
+   References) or reached a VERP address of bounce_address;
 6. anything else is ``OTHER``: spam to the bounce address, a forwarded
    report, malformed MIME.
 
@@ -84,14 +87,21 @@ Without ``flufl.bounce`` installed (the module's ``feedback`` extra), the
 formats of step 3 are still recognised as a mail system's, and their kind
 and status read from the text, but their failed addresses are not.
 
-Limits, so that a message costs milliseconds whatever it holds: only the
-first ``MAX_BYTES`` of a message are read (a report comes before the email
-it returns, and a reply's headers before its body); at most ``MAX_PARTS``
-MIME parts, ``MAX_DEPTH`` levels deep, are looked at, and a forwarded
-message is never looked into; a header is read up to ``MAX_HEADER``
-characters, a text up to ``MAX_TEXT``; a diagnostic is cut at
-``MAX_DIAGNOSTIC`` characters and at most ``MAX_ADDRESSES`` addresses and
-Message-IDs are kept.
+Limits, so that a message costs about a millisecond whatever it holds:
+
+- only the first ``MAX_BYTES`` (128 KiB) of a message are read: a report
+  comes before the email it returns, and a reply's headers before its
+  body; they are cut before the ``MAX_PARTS``-th (64) multipart boundary,
+  since the email package compares each line with every open boundary;
+- at most ``MAX_PARTS`` MIME parts, ``MAX_DEPTH`` (8) levels deep, are
+  looked at, and a message that a part carries (a forwarded email, the
+  email a report returns) is read for its headers only;
+- ``flufl.bounce`` reads the first ``MAX_SCAN`` (32 KiB) of the message,
+  where a notification is, since its detectors read every line;
+- a header is read up to ``MAX_HEADER`` (8 KiB) characters, a text part up
+  to ``MAX_TEXT`` (32 Ki) characters; a diagnostic is cut at
+  ``MAX_DIAGNOSTIC`` (500) characters; at most ``MAX_ADDRESSES`` (32)
+  addresses, Message-IDs and report blocks are kept.
 """
 
 import base64
@@ -103,7 +113,8 @@ from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
 from email.parser import HeaderParser
-from email.utils import getaddresses
+from functools import cached_property
+from itertools import islice
 
 from . import mailing
 
@@ -118,8 +129,8 @@ __all__ = [
     'REPLY', 'OTHER', 'KINDS', 'Feedback', 'classify',
     'make_token', 'read_token', 'verp_address', 'find_tokens',
     'normalize_address',
-    'MAX_BYTES', 'MAX_PARTS', 'MAX_DEPTH', 'MAX_HEADER', 'MAX_TEXT',
-    'MAX_DIAGNOSTIC', 'MAX_ADDRESSES']
+    'MAX_BYTES', 'MAX_SCAN', 'MAX_PARTS', 'MAX_DEPTH', 'MAX_HEADER',
+    'MAX_TEXT', 'MAX_DIAGNOSTIC', 'MAX_ADDRESSES']
 
 HARD_BOUNCE = 'hard_bounce'
 SOFT_BOUNCE = 'soft_bounce'
@@ -131,6 +142,7 @@ OTHER = 'other'
 KINDS = (HARD_BOUNCE, SOFT_BOUNCE, DELAY, COMPLAINT, AUTO_REPLY, REPLY, OTHER)
 
 MAX_BYTES = 128 * 1024
+MAX_SCAN = 32 * 1024
 MAX_PARTS = 64
 MAX_DEPTH = 8
 MAX_HEADER = 8 * 1024
@@ -150,7 +162,6 @@ Feedback.__doc__ = "What a message received on the bounce address says"
 
 _VERP = 'verp'
 # the id in base 36, then the 128 bits of the signature in base 32
-_SIGNATURE_LENGTH = 26
 _TOKEN = re.compile(r'([1-9a-z][0-9a-z]{0,12})([a-z2-7]{26})')
 _MAX_ID = 2 ** 63 - 1
 _TOKEN_CHARACTERS = re.compile(r'[0-9a-z]+')
@@ -168,9 +179,7 @@ def _base36(number):
     return ''.join(reversed(digits))
 
 
-def _signature(secret, record_activity_id):
-    signature = mailing.sign(secret, _VERP, str(record_activity_id))
-    digest = base64.urlsafe_b64decode(signature + '==')
+def _base32(digest):
     return base64.b32encode(digest).decode('ascii').rstrip('=').lower()
 
 
@@ -181,14 +190,16 @@ def make_token(secret, record_activity_id):
             or isinstance(record_activity_id, bool)
             or not 0 < record_activity_id <= _MAX_ID):
         raise ValueError(f"Invalid record activity id: {record_activity_id!r}")
-    return _base36(record_activity_id) + _signature(
-        secret, record_activity_id)
+    signature = mailing.sign(secret, _VERP, str(record_activity_id))
+    # the same 128 bits in an alphabet without capitals
+    return _base36(record_activity_id) + _base32(
+        base64.urlsafe_b64decode(signature + '=='))
 
 
 def read_token(secret, token):
     """Return the record activity id of a token of make_token signed with
     secret, or None; case is ignored and nothing raises"""
-    if not isinstance(token, str) or len(token) > 64:
+    if not isinstance(token, str) or len(token) > _MAX_LOCAL_PART:
         return None
     match = _TOKEN.fullmatch(token.lower())
     if not match:
@@ -202,8 +213,7 @@ def read_token(secret, token):
         return None
     # the last character carries two bits that do not count: refuse the
     # other spellings of a token
-    if base64.b32encode(digest).decode('ascii').rstrip('=').lower() != (
-            match.group(2)):
+    if _base32(digest) != match.group(2):
         return None
     signature = base64.urlsafe_b64encode(digest).decode('ascii').rstrip('=')
     if not mailing.verify(secret, signature, _VERP, str(record_activity_id)):
@@ -247,58 +257,63 @@ def verp_address(bounce_address, token):
     return f'{local}@{domain}'
 
 
+# Addresses
+
 def _domain_key(domain):
     "The domain as compared: lowercase, IDNA, without the final dot"
     domain = domain.strip().rstrip('.').lower()
+    if domain.isascii():
+        return domain
     try:
         return domain.encode('idna').decode('ascii')
     except UnicodeError:
         return domain
 
 
-def _unquote(local):
-    if len(local) >= 2 and local[0] == local[-1] == '"':
-        return re.sub(r'\\(.)', r'\1', local[1:-1])
-    return local
+_SPACE = re.compile(r'\s')
 
 
 def normalize_address(address):
-    """Return the addr-spec address lowercased with an IDNA domain, or None
-    when it is not an address"""
-    if not isinstance(address, str):
+    """Return the addr-spec address lowercased, unquoted and with an IDNA
+    domain, or None when it is not an address"""
+    if not isinstance(address, str) or len(address) > 320:
         return None
-    address = address.strip().strip('<>').strip()
-    local, at, domain = address.rpartition('@')
-    local = _unquote(local.strip())
+    local, at, domain = address.strip().strip('<>').strip().rpartition('@')
+    local = local.strip()
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = re.sub(r'\\(.)', r'\1', local[1:-1])
     domain = _domain_key(domain)
-    if (not at or not local or not domain or len(address) > 320
-            or any(c.isspace() or not c.isprintable()
-                for c in local + domain)
-            or '@' in domain):
+    if (not at or not local or not domain or '@' in domain
+            or not (local + domain).isprintable()
+            or _SPACE.search(local + domain)):
         return None
     return f'{local.lower()}@{domain}'
 
 
-# An address type before an address: 'rfc822; a@b', 'utf-8; a@b'
-_ADDRESS_TYPE = re.compile(r'\s*[A-Za-z][\w.-]*\s*;\s*')
+# The addresses between angle brackets are the addresses of a header, the
+# rest is names and comments; else every addr-spec of it counts
+_ANGLE_ADDRESS = re.compile(r'<([^<>]{1,320})>')
+# (longer local parts than RFC 5321 allows: forwarders write them)
+_ADDR_SPEC = re.compile(
+    r'(?:"(?:[^"\\\r\n]|\\.){1,128}"|[^\s<>()\[\],;:"@]{1,128})'
+    r'@[^\s<>()\[\],;:"@]{1,255}')
 # A forwarder's Sender Rewriting Scheme keeps the address as its last two
 # fields: SRS0=hash=tt=domain=local
 _SRS = re.compile(r'srs[01][=+-].*=([^=@]+)=([^=@]+)')
 
 
 def _addresses(value):
-    "Return the normalised addresses of a header or report field value"
+    """Return the normalised addresses of a header or report field value
+    ('Name <a@b>', 'a@b (comment)', 'rfc822; a@b'…)"""
     if not value:
         return []
     value = value[:MAX_HEADER]
-    match = _ADDRESS_TYPE.match(value)
-    if match and '@' not in match.group(0):
-        value = value[match.end():]
     addresses = []
-    for _, address in getaddresses([value]):
-        address = normalize_address(address)
-        if address and address not in addresses:
-            addresses.append(address)
+    for span in _ANGLE_ADDRESS.findall(value) or [value]:
+        for match in _ADDR_SPEC.finditer(span):
+            address = normalize_address(match.group())
+            if address and address not in addresses:
+                addresses.append(address)
     return addresses
 
 
@@ -333,23 +348,24 @@ def find_tokens(bounce_address, addresses):
 
 # Reading messages
 
-def _decode(value):
-    "Return the text of a header value, its encoded words decoded"
-    if value is None:
-        return ''
-    if isinstance(value, str) and '=?' not in value and value.isascii():
-        return value[:MAX_HEADER]
+def _bounded(raw):
+    """The bytes of raw that are read: MAX_BYTES, and no more than MAX_PARTS
+    multipart boundaries, since the email package compares each line with
+    every boundary open around it"""
+    data = bytes(raw[:MAX_BYTES])
+    boundaries = islice(
+        re.finditer(rb'boundary\s*=', data, re.IGNORECASE), MAX_PARTS, None)
+    extra = next(boundaries, None)
+    return data[:extra.start()] if extra else data
+
+
+def _is_text(value):
+    "Tell whether value holds no surrogate (the bytes the parser kept)"
     try:
-        chunks = decode_header(value)
-    except Exception:
-        return str(value)[:MAX_HEADER]
-    text = []
-    for chunk, charset in chunks:
-        if isinstance(chunk, str):
-            text.append(chunk)
-            continue
-        text.append(_bytes_text(chunk, charset))
-    return ''.join(text)[:MAX_HEADER]
+        value.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bytes_text(data, charset):
@@ -365,6 +381,26 @@ def _bytes_text(data, charset):
         return data.decode('utf-8')
     except UnicodeError:
         return data.decode('latin-1')
+
+
+def _decode(value):
+    "Return the text of a header value, its encoded words decoded"
+    if value is None:
+        return ''
+    if isinstance(value, str):
+        if '=?' not in value and value.isascii():
+            return value[:MAX_HEADER]
+        if not _is_text(value):
+            # the 8-bit bytes of a header read by the email package
+            return _bytes_text(
+                value[:MAX_HEADER].encode('utf-8', 'surrogateescape'), None)
+    try:
+        chunks = decode_header(value)
+    except Exception:
+        return str(value)[:MAX_HEADER]
+    return ''.join(
+        chunk if isinstance(chunk, str) else _bytes_text(chunk, charset)
+        for chunk, charset in chunks)[:MAX_HEADER]
 
 
 def _header(message, name):
@@ -385,35 +421,33 @@ def _headers(message, name):
 
 
 def _parts(message):
-    """Yield the parts of message, message first, without looking into the
-    messages it carries, MAX_PARTS at most"""
+    """Return the (content type, part) of message and its parts, message
+    first, without looking into the messages they carry, MAX_PARTS at
+    most"""
+    parts = []
     stack = [(message, 0)]
-    count = 0
-    while stack and count < MAX_PARTS:
+    while stack and len(parts) < MAX_PARTS:
         part, depth = stack.pop()
-        count += 1
-        yield part
-        if (part.get_content_maintype() == 'multipart'
-                and depth < MAX_DEPTH):
+        content_type = part.get_content_type()
+        parts.append((content_type, part))
+        if content_type.startswith('multipart/') and depth < MAX_DEPTH:
             payload = part.get_payload()
             if isinstance(payload, list):
                 stack.extend(
                     (child, depth + 1) for child in reversed(payload)
                     if isinstance(child, Message))
+    return parts
 
 
 def _text(part):
     "The text of a leaf part, decoded, MAX_TEXT characters at most"
     try:
         payload = part.get_payload(decode=True)
+        charset = part.get_content_charset()
     except Exception:
         return ''
     if not isinstance(payload, bytes):
         return ''
-    try:
-        charset = part.get_content_charset()
-    except Exception:
-        charset = None
     return _bytes_text(payload[:MAX_TEXT * 4], charset)[:MAX_TEXT]
 
 
@@ -423,24 +457,6 @@ def _embedded(part):
     if isinstance(payload, list) and payload and isinstance(
             payload[0], Message):
         return payload[0]
-    return None
-
-
-def _returned_headers(message):
-    """Return the headers of the email returned by a report (a Message),
-    or None"""
-    for part in _parts(message):
-        content_type = part.get_content_type()
-        if content_type in {'message/rfc822', 'message/global'}:
-            embedded = _embedded(part)
-            if embedded is not None:
-                return embedded
-        elif content_type in {
-                'text/rfc822-headers', 'message/rfc822-headers',
-                'message/global-headers'}:
-            # a message/* part is parsed as a message, a text/* one is not
-            return _embedded(part) or HeaderParser().parsestr(
-                _text(part), headersonly=True)
     return None
 
 
@@ -472,17 +488,25 @@ def _one_line(text, limit=MAX_DIAGNOSTIC):
     return text[:limit] or None
 
 
+_RETURNED_TYPES = {'message/rfc822', 'message/global'}
+_RETURNED_HEADERS_TYPES = {
+    'text/rfc822-headers', 'message/rfc822-headers', 'message/global-headers'}
+
+
 class _Reader:
-    "The facts of one message that every step of classify reads"
+    "The facts of one message that the steps of classify read"
 
     # the headers where the address the message was sent to may be
     RECIPIENT_HEADERS = [
         'Delivered-To', 'X-Original-To', 'Envelope-To', 'X-Envelope-To',
         'To', 'Cc']
 
-    def __init__(self, message, bounce_address):
-        self.message = message
+    def __init__(self, data, bounce_address):
+        self.data = data
+        self.message = message = message_from_bytes(data)
         self.bounce_address = bounce_address
+        self.parts = _parts(message)
+        self.header_names = {name.lower() for name in message.keys()}
         self.sender = next(iter(_addresses(_header(message, 'From'))), None)
         self.subject = _one_line(_header(message, 'Subject'), MAX_HEADER)
         self.addresses = [
@@ -496,22 +520,27 @@ class _Reader:
         if bounce_address:
             self.tokens = find_tokens(bounce_address, self.addresses)
 
-    def feedback(self, kind, evidence, message_ids=(), addresses=(),
-            **values):
-        addresses = _unique(list(self.addresses) + list(addresses))
-        tokens = ()
-        if self.bounce_address:
-            tokens = find_tokens(self.bounce_address, addresses)
-        values.setdefault('recipients', ())
-        values['recipients'] = _unique(values['recipients'])
-        return Feedback(
-            kind, message_ids=_unique(message_ids), addresses=addresses,
-            tokens=tokens, sender=self.sender, subject=self.subject,
-            evidence=evidence, **values)
+    def parts_of(self, *content_types):
+        "The parts of the message of content_types"
+        return [part for type_, part in self.parts if type_ in content_types]
+
+    @cached_property
+    def returned_headers(self):
+        "The headers of the email that a report returns (a Message), or None"
+        for content_type, part in self.parts:
+            if content_type in _RETURNED_TYPES:
+                embedded = _embedded(part)
+                if embedded is not None:
+                    return embedded
+            elif content_type in _RETURNED_HEADERS_TYPES:
+                # a message/* part is parsed as a message, a text/* one not
+                return _embedded(part) or HeaderParser().parsestr(
+                    _text(part), headersonly=True)
+        return None
 
     def returned(self):
         "The Message-IDs and the Return-Path of the email a report returns"
-        headers = _returned_headers(self.message)
+        headers = self.returned_headers
         if headers is None:
             return [], []
         message_ids = _message_ids(_header(headers, 'Message-ID'))
@@ -520,6 +549,21 @@ class _Reader:
             for address in _addresses(_header(headers, name))]
         return message_ids, addresses
 
+    def feedback(self, kind, evidence, message_ids=(), addresses=(),
+            recipients=(), **values):
+        "The Feedback of the message"
+        addresses = _unique(list(self.addresses) + list(addresses))
+        tokens = ()
+        if self.bounce_address:
+            tokens = find_tokens(self.bounce_address, addresses)
+        # the returned email says best what it is; In-Reply-To next
+        message_ids = list(message_ids) + list(self.references)
+        return Feedback(
+            kind, recipients=_unique(recipients),
+            message_ids=_unique(message_ids), addresses=addresses,
+            tokens=tokens, sender=self.sender, subject=self.subject,
+            evidence=evidence, **values)
+
 
 # Status codes
 
@@ -527,6 +571,8 @@ class _Reader:
 _STATUS = re.compile(r'(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?![\w]|\.\d)')
 # a basic SMTP reply code where servers write it
 _SMTP_CODE = re.compile(r'(?:^|:|<<<)\s*([45][0-5]\d)(?=[ -]|$)', re.MULTILINE)
+# an address type before a diagnostic ('smtp; 550 …')
+_DIAGNOSTIC_TYPE = re.compile(r'\s*[A-Za-z][\w.-]*\s*;\s*')
 _MAILBOX_FULL = re.compile(
     r'mailbox (is )?full|mailbox full|full mailbox|over ?quota|'
     r'quota (exceeded|full)|exceed(ed|s)? (the |their |his |her )?'
@@ -542,8 +588,20 @@ def _status(text):
     return '.'.join(match.groups()) if match else None
 
 
+def _smtp_status(text):
+    "The status class of the first SMTP reply code of text ('5.0.0'), or None"
+    match = _SMTP_CODE.search(text or '')
+    return f'{match.group(1)[0]}.0.0' if match else None
+
+
+def _diagnostic(text):
+    "The diagnostic of a report field, without its type"
+    return _one_line(_DIAGNOSTIC_TYPE.sub('', text, count=1))
+
+
 def _bounce_kind(status, diagnostic):
-    "The kind of a failure of status with the diagnostic"
+    """The kind of a failure of status with the diagnostic: hard for 5.x.x,
+    soft for 4.x.x and a full mailbox, hard without a status"""
     full = bool(status and status[1:] == '.2.2') or bool(
         _MAILBOX_FULL.search(diagnostic or ''))
     if status and status[0] == '5' and not full:
@@ -551,7 +609,7 @@ def _bounce_kind(status, diagnostic):
     return SOFT_BOUNCE if (status or full) else HARD_BOUNCE
 
 
-# 1. Delivery status reports (RFC 3464)
+# 1. Delivery status reports (RFC 3464, RFC 6533)
 
 def _status_blocks(part):
     "The field blocks of a delivery-status part"
@@ -561,42 +619,38 @@ def _status_blocks(part):
     blocks = [block for block in payload if isinstance(block, Message)]
     if part.get_content_type() == 'message/global-delivery-status' and (
             len(blocks) == 1):
-        # parsed as a message: its body holds the other blocks
-        rest = blocks[0].get_payload()
-        if isinstance(rest, str):
+        # parsed as a message: its body holds the other blocks, in UTF-8
+        rest = blocks[0].get_payload(decode=True)
+        if isinstance(rest, bytes):
+            rest = rest[:MAX_TEXT].decode('utf-8', 'replace')
             blocks += [
                 HeaderParser().parsestr(text, headersonly=True)
-                for text in re.split(r'\n\s*\n', rest[:MAX_TEXT])
-                if text.strip()]
+                for text in re.split(r'\n\s*\n', rest) if text.strip()]
     return blocks[:MAX_ADDRESSES + 1]
 
 
-def _field_address(value):
-    "The address of a report field such as 'rfc822; a@example.com'"
-    return next(iter(_addresses(value)), None)
+def _field_address(block, name):
+    "The address of the report field name, such as 'rfc822; a@b', or None"
+    return next(iter(_addresses(_header(block, name))), None)
 
 
 def _delivery_status(reader):
     blocks = [
-        block for part in _parts(reader.message)
-        if part.get_content_type() in {
-            'message/delivery-status', 'message/global-delivery-status'}
+        block for part in reader.parts_of(
+            'message/delivery-status', 'message/global-delivery-status')
         for block in _status_blocks(part)]
     failures, delays, others, fields = [], [], [], []
     for block in blocks:
         action = _header(block, 'Action').strip().lower()
-        recipient = _field_address(_header(block, 'Original-Recipient'))
-        final = _field_address(_header(block, 'Final-Recipient'))
-        fields.extend(filter(None, [recipient, final]))
+        original = _field_address(block, 'Original-Recipient')
+        final = _field_address(block, 'Final-Recipient')
+        fields.extend(filter(None, [original, final]))
         # the address the email was sent to, as known before the relays
-        recipient = recipient or final or _field_address(
-            _header(block, 'X-Actual-Recipient'))
-        diagnostic = _header(block, 'Diagnostic-Code')
-        diagnostic = _one_line(_ADDRESS_TYPE.sub('', diagnostic, count=1))
-        status = _status(_header(block, 'Status')) or _status(diagnostic)
-        if not status and diagnostic:
-            code = _SMTP_CODE.search(diagnostic)
-            status = f'{code.group(1)[0]}.0.0' if code else None
+        recipient = original or final or _field_address(
+            block, 'X-Actual-Recipient')
+        diagnostic = _diagnostic(_header(block, 'Diagnostic-Code'))
+        status = (_status(_header(block, 'Status')) or _status(diagnostic)
+            or _smtp_status(diagnostic))
         entry = (recipient, status, diagnostic)
         # some servers comment their action, opensmtpd writes "error"
         if action.startswith(('failed', 'error')):
@@ -630,12 +684,12 @@ def _delivery_status(reader):
 # 2. Feedback reports (RFC 5965) and the notifications of providers
 
 _COMPLAINT_TYPES = {'abuse', 'fraud'}
+# what providers write instead of the address of the person who complained
+_REDACTED = re.compile(r'x+|\*+|redacted|unknown|user')
 
 
 def _feedback_report(reader):
-    report = next((
-            part for part in _parts(reader.message)
-            if part.get_content_type() == 'message/feedback-report'), None)
+    report = next(iter(reader.parts_of('message/feedback-report')), None)
     if report is None:
         return None
     fields = _embedded(report)
@@ -643,12 +697,14 @@ def _feedback_report(reader):
         fields = HeaderParser().parsestr(_text(report), headersonly=True)
     feedback_type = _header(fields, 'Feedback-Type').strip().lower()
     message_ids, addresses = reader.returned()
-    headers = _returned_headers(reader.message)
     recipients = [
         address for value in _headers(fields, 'Original-Rcpt-To')
         for address in _addresses(value)]
-    if not recipients and headers is not None:
-        recipients = _addresses(_header(headers, 'To'))
+    if not recipients and reader.returned_headers is not None:
+        recipients = [
+            address for address in _addresses(
+                _header(reader.returned_headers, 'To'))
+            if not _REDACTED.fullmatch(address.rpartition('@')[0])]
     addresses += _addresses(_header(fields, 'Original-Mail-From'))
     addresses += recipients
     kind = COMPLAINT if feedback_type in _COMPLAINT_TYPES else OTHER
@@ -659,10 +715,10 @@ def _feedback_report(reader):
 
 def _jmrp(reader):
     "A complaint of Outlook.com's Junk Mail Reporting Program"
-    headers = _returned_headers(reader.message)
-    if headers is None:
+    if reader.returned_headers is None:
         return None
-    recipients = _addresses(_header(headers, 'X-HmXmrOriginalRecipient'))
+    recipients = _addresses(
+        _header(reader.returned_headers, 'X-HmXmrOriginalRecipient'))
     if not recipients:
         return None
     message_ids, addresses = reader.returned()
@@ -677,9 +733,7 @@ _SES_TYPES = {'Bounce', 'Complaint', 'DeliveryDelay', 'Delivery'}
 def _ses_notification(reader):
     """A notification of Amazon SES by email (through SNS, as JSON or as
     the JSON and a footer)"""
-    for part in _parts(reader.message):
-        if part.get_content_type() not in {'text/plain', 'application/json'}:
-            continue
+    for part in reader.parts_of('text/plain', 'application/json'):
         text = _text(part)
         start = text.find('{')
         if start < 0 or (
@@ -701,53 +755,43 @@ def _ses_notification(reader):
     return None
 
 
-def _dicts(value):
-    return [item for item in value if isinstance(item, dict)] if isinstance(
-        value, list) else []
+def _json_dicts(value):
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]
 
 
-def _strings(*values):
-    return [value for value in values if isinstance(value, str)]
+def _json_string(value):
+    return value if isinstance(value, str) else ''
 
 
 def _ses_feedback(reader, notification, data):
-    def section(name):
+    def section(data, name):
         value = data.get(name)
         return value if isinstance(value, dict) else {}
-    mail = section('mail')
-    headers = section('mail').get('commonHeaders')
-    headers = headers if isinstance(headers, dict) else {}
-    message_ids = [
-        message_id for value in _strings(headers.get('messageId'))
-        for message_id in _message_ids(value)]
-    message_ids += [
-        message_id for header in _dicts(mail.get('headers'))
-        if str(header.get('name', '')).lower() == 'message-id'
-        for value in _strings(header.get('value'))
-        for message_id in _message_ids(value)]
-    addresses = [
-        address for value in _strings(mail.get('source'))
-        for address in _addresses(value)]
-    addresses += [
-        address for header in _dicts(mail.get('headers'))
-        if str(header.get('name', '')).lower() == 'return-path'
-        for value in _strings(header.get('value'))
-        for address in _addresses(value)]
 
     def recipients(entries):
         return [
-            address for entry in _dicts(entries)
-            for value in _strings(entry.get('emailAddress'))
-            for address in _addresses(value)]
+            address for entry in _json_dicts(entries)
+            for address in _addresses(_json_string(entry.get('emailAddress')))]
 
+    mail = section(data, 'mail')
+    headers = {
+        _json_string(header.get('name')).lower(): _json_string(
+            header.get('value'))
+        for header in _json_dicts(mail.get('headers'))}
+    message_ids = _message_ids(_json_string(
+            section(mail, 'commonHeaders').get('messageId'))) + _message_ids(
+        headers.get('message-id', ''))
+    # the envelope sender, which is the VERP address
+    addresses = _addresses(_json_string(mail.get('source'))) + _addresses(
+        headers.get('return-path', ''))
     if notification == 'Bounce':
-        bounce = section('bounce')
-        entries = _dicts(bounce.get('bouncedRecipients'))
+        bounce = section(data, 'bounce')
+        entries = _json_dicts(bounce.get('bouncedRecipients'))
         first = entries[0] if entries else {}
-        status = _status(next(iter(_strings(first.get('status'))), None))
-        diagnostic = _one_line(_ADDRESS_TYPE.sub(
-                '', next(iter(_strings(first.get('diagnosticCode'))), ''),
-                count=1))
+        status = _status(_json_string(first.get('status')))
+        diagnostic = _diagnostic(_json_string(first.get('diagnosticCode')))
         if bounce.get('bounceType') == 'Permanent':
             kind = _bounce_kind(status or '5.0.0', diagnostic)
         else:
@@ -758,10 +802,9 @@ def _ses_feedback(reader, notification, data):
             status=status, diagnostic=diagnostic,
             recipients=recipients(entries))
     if notification == 'Complaint':
-        complaint = section('complaint')
-        feedback_type = next(iter(_strings(
-                    complaint.get('complaintFeedbackType'))), None)
-        feedback_type = feedback_type.lower() if feedback_type else None
+        complaint = section(data, 'complaint')
+        feedback_type = _json_string(
+            complaint.get('complaintFeedbackType')).lower() or None
         kind = COMPLAINT if feedback_type in (
             _COMPLAINT_TYPES | {None}) else OTHER
         return reader.feedback(
@@ -769,7 +812,7 @@ def _ses_feedback(reader, notification, data):
             recipients=recipients(complaint.get('complainedRecipients')),
             feedback_type=feedback_type)
     if notification == 'DeliveryDelay':
-        delay = section('deliveryDelay')
+        delay = section(data, 'deliveryDelay')
         return reader.feedback(
             DELAY, 'ses-notification', message_ids, addresses,
             recipients=recipients(delay.get('delayedRecipients')))
@@ -779,14 +822,14 @@ def _ses_feedback(reader, notification, data):
 # 3. The other formats of mail systems
 
 _MAIL_SYSTEM_USERS = re.compile(
-    r'(mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|'
-    r'mail[-_.]?delivery[-_.]?(sub)?system|microsoftexchange[0-9a-f]*)',
+    r'mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|'
+    r'mail[-_.]?delivery[-_.]?(sub)?system|microsoftexchange[0-9a-f]*',
     re.IGNORECASE)
 _MAIL_SYSTEM_NAMES = re.compile(
     r'mail delivery (sub)?system|mailer[- ]daemon|postmaster',
     re.IGNORECASE)
 _BOUNCE_SUBJECT = re.compile(
-    r'undeliver|undelivered|delivery (status notification|failure|failed|'
+    r'undeliver|delivery (status notification|failure|failed|'
     r'has failed|notification)|mail delivery failed|failure notice|'
     r'returned mail|non[- ]?delivery|nondeliverable|unzustellbar|'
     r'non remis|no entregado|mail system error|message not delivered|'
@@ -803,43 +846,49 @@ _INLINE_RETURN_PATH = re.compile(
     r'^Return-Path:\s*<([^<>\s]{1,320})>', re.IGNORECASE | re.MULTILINE)
 _DELAY_WORDS = re.compile(
     r'delayed|not yet been delivered|will (continue to )?(re)?try|'
-    r'still trying|has not been delivered yet', re.IGNORECASE)
+    r'still (being )?(re)?tr(y|ied)|has not been delivered yet|'
+    r'no action is required|warning message only|is a warning',
+    re.IGNORECASE)
+_PERMANENT_WORDS = re.compile(
+    r'permanent (error|failure)|failed permanently|given up|giving up|'
+    r'could not be delivered|was not delivered|undeliverable|'
+    r'did not reach|address(es)? failed',
+    re.IGNORECASE)
 
 
 def _from_mail_system(reader):
     "Tell whether the message is written by a mail system"
     message = reader.message
-    if message.get('X-Failed-Recipients') is not None:
+    if 'x-failed-recipients' in reader.header_names:
         return True
-    if message.get_content_type() == 'multipart/report':
+    if reader.parts[0][0] == 'multipart/report':
         return True
-    sender = _header(message, 'From')
     user = (reader.sender or '').rpartition('@')[0]
-    if _MAIL_SYSTEM_USERS.fullmatch(user) or _MAIL_SYSTEM_NAMES.search(
-            sender.split('<')[0]):
+    name = _header(message, 'From').split('<')[0]
+    if _MAIL_SYSTEM_USERS.fullmatch(user) or _MAIL_SYSTEM_NAMES.search(name):
         return True
     return (_header(message, 'Return-Path').strip() == '<>'
         and bool(_BOUNCE_SUBJECT.search(reader.subject or '')))
 
 
-def _notification_text(message):
+def _notification_text(reader):
     "The text of a notification, without the email it returns"
-    for part in _parts(message):
-        if part.get_content_maintype() == 'multipart':
-            continue
-        if part.get_content_type() == 'text/plain':
-            text = _text(part)
-            match = _RETURNED.search(text)
-            return text[:match.start()] if match else text
+    for part in reader.parts_of('text/plain'):
+        text = _text(part)
+        match = _RETURNED.search(text)
+        return text[:match.start()] if match else text
     return ''
 
 
-def _flufl_failures(message):
-    "The temporary and permanent failed addresses that flufl.bounce finds"
+def _flufl_failures(reader):
+    """The temporary and permanent failed addresses that flufl.bounce finds
+    in the first MAX_SCAN bytes of the message: its detectors read every
+    line of the email a notification returns"""
     if flufl_bounce is None:
         return [], []
     try:
-        temporary, permanent = flufl_bounce.all_failures(message)
+        temporary, permanent = flufl_bounce.all_failures(
+            message_from_bytes(reader.data[:MAX_SCAN]))
     except Exception:
         return [], []
 
@@ -853,41 +902,40 @@ def _flufl_failures(message):
 def _mail_system(reader):
     if not _from_mail_system(reader):
         return None
-    text = _notification_text(reader.message)
-    temporary, permanent = _flufl_failures(reader.message)
+    text = _notification_text(reader)
+    temporary, permanent = _flufl_failures(reader)
     status = _status(text)
-    diagnostic = None
     if status:
-        line = next(
-            line for line in text.splitlines()
-            if _STATUS.search(line))
-        diagnostic = _one_line(line)
+        line = next(line for line in text.splitlines() if _STATUS.search(line))
     else:
-        code = _SMTP_CODE.search(text)
-        if code:
-            status = f'{code.group(1)[0]}.0.0'
-            line_start = text.rfind('\n', 0, code.start(1)) + 1
-            line_end = text.find('\n', code.start(1))
-            diagnostic = _one_line(
-                text[line_start:line_end if line_end >= 0 else None])
+        status = _smtp_status(text)
+        line = next((
+                line for line in text.splitlines()
+                if _SMTP_CODE.search(line)), '')
+    diagnostic = _one_line(line)
     message_ids, addresses = reader.returned()
-    body = '\n'.join(
-        _text(part) for part in _parts(reader.message)
-        if part.get_content_maintype() == 'text')
+    body = '\n'.join(_text(part) for part in reader.parts_of('text/plain'))
     message_ids += _INLINE_MESSAGE_ID.findall(body)
     addresses += [
         address for value in _INLINE_RETURN_PATH.findall(body)
         for address in _addresses(value)]
-    if permanent:
+    # a warning that quotes the SMTP dialogue looks like a failure
+    warning = bool(_DELAY_WORDS.search(text)) and not (
+        _PERMANENT_WORDS.search(text))
+    if permanent and not warning:
         kind, recipients, evidence = (
             _bounce_kind(status, text), permanent, 'flufl.bounce')
-    elif temporary:
-        kind, recipients, evidence = DELAY, temporary, 'flufl.bounce'
-    elif _DELAY_WORDS.search(text):
+    elif temporary or permanent:
+        kind, recipients, evidence = (
+            DELAY, temporary or permanent, 'flufl.bounce')
+    elif warning:
         kind, recipients, evidence = DELAY, (), 'delay-words'
     elif status and status[0] in '45':
         kind, recipients, evidence = (
             _bounce_kind(status, text), (), 'status-code')
+    elif _PERMANENT_WORDS.search(text):
+        kind, recipients, evidence = (
+            _bounce_kind(None, text), (), 'failure-words')
     else:
         return reader.feedback(OTHER, 'mail-system', message_ids, addresses)
     return reader.feedback(
@@ -897,11 +945,13 @@ def _mail_system(reader):
 
 # 4. Auto-replies (RFC 3834 and the usual others)
 
-_AUTOREPLY_HEADERS = [
-    'X-Autoreply', 'X-Autorespond', 'X-Autoresponder', 'X-AutoReply-From',
-    'X-Mail-Autoreply', 'X-Autogenerated', 'X-Vacation',
-    'X-MS-Exchange-Inbox-Rules-Loop']
+_AUTOREPLY_HEADERS = {
+    'x-autoreply', 'x-autorespond', 'x-autoresponder', 'x-autoreply-from',
+    'x-mail-autoreply', 'x-autogenerated', 'x-vacation',
+    'x-ms-exchange-inbox-rules-loop'}
+# at the start of a subject, since a person's "Re: …" may quote any word
 _AUTOREPLY_SUBJECT = re.compile(
+    r'\s*(\[[^]]*\]\s*)?('
     r'auto(matic|matisch|matische|matiskt|matyczna|maattinen)?'
     r'[-_ ]?(reply|response|respond|antwort|antwoord|svar|odpowied|'
     r'vastaus)|'
@@ -917,7 +967,9 @@ _AUTOREPLY_SUBJECT = re.compile(
     r'poza biurem|nieobecność|'
     r'автоматический ответ|автоответ|нет на месте|вне офиса|'
     r'automatická odpověď|mimo kancelář|otomatik yanıt|ofis dışında|'
-    r'自动回复|自動回覆|自動応答|自動返信|不在|부재',
+    r'自动回复|自動回覆|自動応答|自動返信|不在|부재)|'
+    # Lotus Notes: "Ann Smith is out of the office."
+    r'[^:]{1,80} is (currently )?out of (the )?office',
     re.IGNORECASE)
 
 
@@ -927,7 +979,7 @@ def _auto_reply(reader):
     precedence = _header(message, 'Precedence').strip().lower()
     if auto_submitted and not auto_submitted.startswith('no'):
         evidence = 'auto-submitted'
-    elif any(message.get(name) is not None for name in _AUTOREPLY_HEADERS):
+    elif reader.header_names & _AUTOREPLY_HEADERS:
         evidence = 'autoreply-header'
     elif precedence == 'auto_reply':
         evidence = 'precedence'
@@ -935,22 +987,22 @@ def _auto_reply(reader):
         # the weaker signs of a message that refers to nothing sent are
         # those of spam as well
         return None
-    elif precedence in {'bulk', 'junk', 'list'}:
+    elif precedence in {'bulk', 'junk'}:
         evidence = 'precedence'
-    elif message.get('X-Auto-Response-Suppress') is not None:
+    elif 'x-auto-response-suppress' in reader.header_names:
         evidence = 'autoreply-header'
-    elif _AUTOREPLY_SUBJECT.search(reader.subject or ''):
+    elif _AUTOREPLY_SUBJECT.match(reader.subject or ''):
         evidence = 'subject'
     else:
         return None
-    return reader.feedback(AUTO_REPLY, evidence, reader.references)
+    return reader.feedback(AUTO_REPLY, evidence)
 
 
 # 5. Replies
 
 def _reply(reader):
     if reader.references:
-        return reader.feedback(REPLY, 'in-reply-to', reader.references)
+        return reader.feedback(REPLY, 'in-reply-to')
     if reader.tokens:
         return reader.feedback(REPLY, 'token')
     return None
@@ -970,12 +1022,11 @@ def classify(raw, bounce_address=None):
     if bounce_address is not None:
         _split_bounce_address(bounce_address)
     if isinstance(raw, str):
-        raw = raw.encode('utf-8', 'surrogateescape')
+        raw = raw[:MAX_BYTES].encode('utf-8', 'surrogateescape')
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         return Feedback(OTHER, evidence='unreadable')
     try:
-        message = message_from_bytes(bytes(raw[:MAX_BYTES]))
-        reader = _Reader(message, bounce_address)
+        reader = _Reader(_bounded(raw), bounce_address)
         for step in _STEPS:
             feedback = step(reader)
             if feedback is not None:
