@@ -109,7 +109,7 @@ import binascii
 import json
 import re
 from collections import namedtuple
-from email import message_from_bytes
+from email import message_from_bytes, message_from_string
 from email.header import decode_header
 from email.message import Message
 from email.parser import HeaderParser
@@ -375,7 +375,8 @@ def _bytes_text(data, charset):
         charset = 'utf-8'
     try:
         return data.decode(charset)
-    except (LookupError, UnicodeError):
+    except (LookupError, ValueError):
+        # an unknown charset, a name Python refuses, bytes not of it
         pass
     try:
         return data.decode('utf-8')
@@ -886,9 +887,15 @@ def _flufl_failures(reader):
     line of the email a notification returns"""
     if flufl_bounce is None:
         return [], []
+    # parsed from text, its headers are text: the detectors lowercase them
+    message = message_from_string(
+        reader.data[:MAX_SCAN].decode('utf-8', 'replace'))
+    if not message.get('From', '').strip():
+        # a detector (Yale's) fails on a message without sender
+        del message['From']
+        message['From'] = '<>'
     try:
-        temporary, permanent = flufl_bounce.all_failures(
-            message_from_bytes(reader.data[:MAX_SCAN]))
+        temporary, permanent = flufl_bounce.all_failures(message)
     except Exception:
         return [], []
 
