@@ -87,11 +87,12 @@ Without ``flufl.bounce`` installed (the module's ``feedback`` extra), the
 formats of step 3 are still recognised as a mail system's, and their kind
 and status read from the text, but their failed addresses are not.
 
-Limits, so that a message costs about a millisecond whatever it holds:
+Limits, so that a message costs a millisecond or two, and a tenth of a
+second at worst, whatever it holds:
 
 - only the first ``MAX_BYTES`` (128 KiB) of a message are read: a report
   comes before the email it returns, and a reply's headers before its
-  body; they are cut before the ``MAX_PARTS``-th (64) multipart boundary,
+  body; and they hold at most ``MAX_PARTS`` (64) multipart boundaries,
   since the email package compares each line with every open boundary;
 - at most ``MAX_PARTS`` MIME parts, ``MAX_DEPTH`` (8) levels deep, are
   looked at, and a message that a part carries (a forwarded email, the
