@@ -200,7 +200,8 @@ def make_token(secret, record_activity_id):
 def read_token(secret, token):
     """Return the record activity id of a token of make_token signed with
     secret, or None; case is ignored and nothing raises"""
-    if not isinstance(token, str) or len(token) > _MAX_LOCAL_PART:
+    if (not isinstance(token, str) or len(token) > _MAX_LOCAL_PART
+            or not token.isascii()):
         return None
     match = _TOKEN.fullmatch(token.lower())
     if not match:
@@ -536,8 +537,11 @@ class _Reader:
                     return embedded
             elif content_type in _RETURNED_HEADERS_TYPES:
                 # a message/* part is parsed as a message, a text/* one not
-                return _embedded(part) or HeaderParser().parsestr(
-                    _text(part), headersonly=True)
+                embedded = _embedded(part)
+                if embedded is None:
+                    embedded = HeaderParser().parsestr(
+                        _text(part), headersonly=True)
+                return embedded
         return None
 
     def returned(self):

@@ -249,6 +249,14 @@ class VerpTestCase(unittest.TestCase):
             with self.subTest(garbage=repr(garbage)[:40]):
                 self.assertIsNone(feedback.read_token(self.secret, garbage))
 
+    def test_lookalike_letters(self):
+        "A Unicode letter that lowercases to a letter of a token is refused"
+        token = feedback.make_token(self.secret, 20)
+        self.assertEqual(token[0], 'k')
+
+        self.assertIsNone(
+            feedback.read_token(self.secret, '\u212a' + token[1:]))
+
     def test_invalid_ids(self):
         "Only the ids of records are made into tokens"
         for invalid in [0, -1, True, 1.0, '12', None, 2 ** 63]:
