@@ -9,6 +9,9 @@ Each marketing email leaves with an envelope sender (the Return-Path, SMTP's
     # 'bounce+<token>@shop.example.com'
 
 so that whatever comes back to that address says which entry it is about.
+The envelope sender is no header of the message: it is the sender given to
+the SMTP server (``from_addr`` of ``smtplib.SMTP.sendmail``), which the
+receiving server writes as Return-Path; the From stays as it is.
 ``secret`` is the database's key (the email secret): a token is an id and an
 HMAC of it (``mailing.sign``), in lowercase letters and digits only, since
 some mail servers lowercase local parts.
@@ -38,6 +41,8 @@ which returns a ``Feedback``, never raising whatever the bytes, with:
 - ``feedback_type``: the Feedback-Type of an ARF report, lowercased;
 - ``sender``: the From address of the message (the person who replied);
 - ``subject``: its decoded subject;
+- ``message_id``: its own Message-ID, by which a message posted twice is
+  counted once (None when it has none: a digest of the bytes then);
 - ``evidence``: what the kind rests on (``'delivery-status'``,
   ``'feedback-report'``, ``'flufl.bounce'``, ``'auto-submitted'``,
   ``'in-reply-to'``, ``'token'``…), for the logs and the curious.
@@ -154,8 +159,8 @@ MAX_ADDRESSES = 32
 Feedback = namedtuple('Feedback', [
         'kind', 'status', 'diagnostic', 'recipients', 'message_ids',
         'addresses', 'tokens', 'feedback_type', 'sender', 'subject',
-        'evidence'],
-    defaults=[None, None, (), (), (), (), None, None, None, None])
+        'message_id', 'evidence'],
+    defaults=[None, None, (), (), (), (), None, None, None, None, None])
 Feedback.__doc__ = "What a message received on the bounce address says"
 
 
@@ -512,6 +517,8 @@ class _Reader:
         self.header_names = {name.lower() for name in message.keys()}
         self.sender = next(iter(_addresses(_header(message, 'From'))), None)
         self.subject = _one_line(_header(message, 'Subject'), MAX_HEADER)
+        self.message_id = next(
+            iter(_message_ids(_header(message, 'Message-ID'))), None)
         self.addresses = [
             address for name in self.RECIPIENT_HEADERS
             for value in _headers(message, name)
@@ -568,7 +575,7 @@ class _Reader:
             kind, recipients=_unique(recipients),
             message_ids=_unique(message_ids), addresses=addresses,
             tokens=tokens, sender=self.sender, subject=self.subject,
-            evidence=evidence, **values)
+            message_id=self.message_id, evidence=evidence, **values)
 
 
 # Status codes

@@ -68,6 +68,7 @@ def delivery_report(*blocks, returned_message_id=None, sender=None):
     return message(
         'From: MAILER-DAEMON@mx.example.org (Mail Delivery System)',
         'Subject: Undelivered Mail Returned to Sender',
+        'Message-ID: <report.1@mx.example.org>',
         content_type=(
             'multipart/report; report-type=delivery-status; boundary="b"'),
         body=(
@@ -348,6 +349,7 @@ class ClassifyTestCase(unittest.TestCase):
 
         self.assertEqual(result.kind, feedback.HARD_BOUNCE)
         self.assertEqual(result.status, '5.1.1')
+        self.assertEqual(result.message_id, '<report.1@mx.example.org>')
         self.assertEqual(result.diagnostic, '550 5.1.1 unknown')
         self.assertEqual(result.recipients, ('ann@example.org',))
         self.assertEqual(result.message_ids, ('<a.7@shop.example.com>',))
