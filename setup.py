@@ -59,10 +59,12 @@ setup(
     extras_require={
         'sale': [tryton_requirement('trytond_sale')],
         'mjml': ['mrml'],
+        'feedback': ['flufl.bounce >= 4'],
         'test': [
             tryton_requirement('proteus'),
             tryton_requirement('trytond_sale'),
             'aiosmtpd',
+            'flufl.bounce >= 4',
             'mrml',
             'psycopg[binary,pool] >= 3',
             ],
