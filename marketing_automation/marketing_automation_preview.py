@@ -10,7 +10,9 @@
   marketer picks, opens its HTML in the browser through the preview route
   with a short-lived signed token, and sends it as a test email, marked
   ``[Test]``, to the addresses the marketer types, through the mail server
-  of the real emails; the test emails are logged in ``ir.email``.
+  of the real emails; the test emails are logged in ``ir.email`` before
+  they leave, under a lock of the user, and count against the user's
+  limit.
 - ``Scenario.audience_*`` count, in one statement, the records the domain
   of a scenario selects and, among them, those unsubscribed or blocked,
   those without an email address and those that will be reached; the
@@ -665,9 +667,10 @@ def reserve_tests(activity, record, composed):
     of the user for the last hour; return the ids of their logs
 
     The emails are counted and logged while the user's row is locked, so
-    that a send that comes at the same time counts them; and committed
-    before they leave, so that they stay counted whatever becomes of the
-    rest of the transaction: a rollback cannot let more leave."""
+    that a send that comes at the same time counts them; and the
+    transaction is committed before they leave, so that they stay counted
+    whatever becomes of the rest of it: neither a rollback nor the server
+    running the send again can let more leave."""
     lock_tests()
     check_test_limit(len(composed))
     logged = log_tests(activity, record, composed)
