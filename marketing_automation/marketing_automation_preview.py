@@ -10,7 +10,9 @@
   marketer picks, opens its HTML in the browser through the preview route
   with a short-lived signed token, and sends it as a test email, marked
   ``[Test]``, to the addresses the marketer types, through the mail server
-  of the real emails; the test emails are logged in ``ir.email``.
+  of the real emails; the test emails are logged in ``ir.email`` before
+  they leave, under a lock of the user, and count against the user's
+  limit.
 - ``Scenario.audience_*`` count, in one statement, the records the domain
   of a scenario selects and, among them, those unsubscribed or blocked,
   those without an email address and those that will be reached; the
@@ -32,7 +34,7 @@ from email.utils import parseaddr
 from http import HTTPStatus
 
 import lxml.html
-from sql import Cast, Literal
+from sql import Cast, Conflict, Literal
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 from sql.functions import Substring
@@ -40,7 +42,7 @@ from sql.operators import Like, Or
 
 from trytond.config import config
 from trytond.i18n import gettext
-from trytond.model import ModelView, fields
+from trytond.model import ModelSQL, ModelView, Unique, fields
 from trytond.model.exceptions import AccessError
 from trytond.pool import Pool, PoolMeta
 from trytond.pyson import Eval, PYSONEncoder
@@ -56,7 +58,7 @@ from .marketing_automation import Entry, marketing_parties
 from .marketing_automation_email import (
     SEND_EMAIL, EmailBatch, Recipient, _address, _describe, _recipients)
 from .mixin import MarketingAutomationMixin
-from .tools import contained, for_update
+from .tools import contained
 
 TEST_MARK = '[Test]'
 # What a token may weigh before it is read: a few ids, a model and a URL
@@ -538,7 +540,6 @@ class ActivityPreview(Wizard):
         if not addresses:
             raise PreviewError(gettext(
                     'marketing_automation.msg_preview_test_no_address'))
-        check_test_limit(len(addresses))
         trial = Trial(
             start.activity, start.record, start.language.code, addresses)
         try:
@@ -547,8 +548,11 @@ class ActivityPreview(Wizard):
             raise PreviewError(gettext(
                     'marketing_automation.msg_preview_test_not_sent',
                     error=error.message)) from error
-        sent, errors = deliver_tests(composed)
-        log_tests(start.activity, sent)
+        logged = reserve_tests(start.activity, start.record, composed)
+        sent, errors, unsure = deliver_tests(composed)
+        left = {c.to for c in sent + unsure}
+        forget_tests([
+                i for i, c in zip(logged, composed) if c.to not in left])
         results = []
         if sent:
             results.append(gettext(
@@ -657,22 +661,64 @@ def default_language():
     return langs[0] if langs else None
 
 
+def reserve_tests(activity, record, composed):
+    """Log the Composed test emails of the activity for record before they
+    leave, and commit, or raise PreviewError when they would pass the limit
+    of the user for the last hour; return the ids of their logs
+
+    The emails are counted and logged while the user's row is locked, so
+    that a send that comes at the same time counts them; and the
+    transaction is committed before they leave, so that they stay counted
+    whatever becomes of the rest of it: neither a rollback nor the server
+    running the send again can let more leave."""
+    lock_tests()
+    check_test_limit(len(composed))
+    logged = log_tests(activity, record, composed)
+    Transaction().commit()
+    return logged
+
+
+def lock_tests():
+    """Take the row of the test sends of the user for this transaction
+
+    The row is written, not only locked: on PostgreSQL a send that waited
+    for it fails to serialize and starts again with a snapshot that sees
+    the emails logged by this one; on SQLite the write takes the lock of
+    the database before the count is read."""
+    pool = Pool()
+    TestSender = pool.get('marketing.automation.test.sender')
+    table = TestSender.__table__()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    now = datetime.datetime.now()
+    user = transaction.user
+    if transaction.database.has_insert_on_conflict():
+        cursor.execute(*table.insert(
+                [table.create_uid, table.create_date, table.user],
+                [[user, now, user]],
+                on_conflict=Conflict(
+                    table, indexed_columns=[table.user],
+                    columns=[table.write_uid, table.write_date],
+                    values=[user, now])))
+        return
+    cursor.execute(*table.update(
+            [table.write_uid, table.write_date], [user, now],
+            where=table.user == user))
+    if not cursor.rowcount:
+        cursor.execute(*table.insert(
+                [table.create_uid, table.create_date, table.user],
+                [[user, now, user]]))
+
+
 def check_test_limit(count):
     """Raise PreviewError when count more test emails would pass the limit
     of the user for the last hour"""
     pool = Pool()
     IrEmail = pool.get('ir.email')
-    User = pool.get('res.user')
     ir_email = IrEmail.__table__()
-    user = User.__table__()
     transaction = Transaction()
     cursor = transaction.connection.cursor()
     limit = config.getint('marketing', 'test_email_limit', default=20)
-    for_ = for_update(user)
-    if for_:
-        # one test of a user at a time: two cannot both pass the limit
-        cursor.execute(*user.select(
-                user.id, where=user.id == transaction.user, for_=for_))
     since = datetime.datetime.now() - datetime.timedelta(hours=1)
     cursor.execute(*ir_email.select(
             Count(),
@@ -688,15 +734,20 @@ def check_test_limit(count):
 
 def deliver_tests(composed):
     """Send the Composed test emails through the mail server of the real
-    ones; return those it accepted and the errors of the others by
-    recipient"""
-    sent, errors = [], {}
+    ones; return those it accepted, the errors of the others by recipient,
+    and those of them that may have left all the same
+
+    The server's refusal of a message means it did not leave; but the
+    message on its way when the connection is lost may have, and is
+    counted.  The messages after it are not tried."""
+    sent, errors, unsure = [], {}, []
     try:
         server = get_smtp_server(strict=True)
     except (OSError, smtplib.SMTPException) as exception:
-        return [], {c.to: _describe(exception) for c in composed}
+        return [], {c.to: _describe(exception) for c in composed}, []
     try:
-        for email_ in composed:
+        for index, email_ in enumerate(composed):
+            connected = server.sock is not None
             try:
                 server.sendmail(
                     _address(email_.sender), [_address(email_.to)],
@@ -705,8 +756,14 @@ def deliver_tests(composed):
                 code, text = next(iter(exception.recipients.values()))
                 errors[email_.to] = _describe(
                     smtplib.SMTPResponseException(code, text))
-            except (OSError, smtplib.SMTPException) as exception:
+            except smtplib.SMTPResponseException as exception:
                 errors[email_.to] = _describe(exception)
+            except (OSError, smtplib.SMTPException) as exception:
+                if connected:
+                    unsure.append(email_)
+                error = _describe(exception)
+                errors.update({c.to: error for c in composed[index:]})
+                break
             else:
                 sent.append(email_)
     finally:
@@ -714,21 +771,58 @@ def deliver_tests(composed):
             server.quit()
         except (OSError, smtplib.SMTPException):
             pass
-    return sent, errors
+    return sent, errors, unsure
 
 
-def log_tests(activity, sent):
-    "Log the test emails of the activity that were sent in ir.email"
+def log_tests(activity, record, composed):
+    """Log the Composed test emails of the activity for record in ir.email;
+    return the ids of their logs"""
     IrEmail = Pool().get('ir.email')
-    IrEmail.create([{
-                'recipients': email_.to,
-                'subject': email_.subject,
-                'message_id': email_.message_id,
-                'resource': str(activity),
-                'marketing_automation_activity': activity.id,
-                'marketing_automation_test': True,
-                'addresses': [('create', [{'address': _address(email_.to)}])],
-                } for email_ in sent])
+    return [e.id for e in IrEmail.create([{
+                    'recipients': email_.to,
+                    'subject': email_.subject,
+                    'message_id': email_.message_id,
+                    'resource': str(record),
+                    'marketing_automation_activity': activity.id,
+                    'marketing_automation_test': True,
+                    'addresses': [
+                        ('create', [{'address': _address(email_.to)}])],
+                    } for email_ in composed])]
+
+
+def forget_tests(ids):
+    """Delete the logs of ids of test emails that did not leave: they count
+    no more"""
+    pool = Pool()
+    IrEmail = pool.get('ir.email')
+    Address = pool.get('ir.email.address')
+    ir_email = IrEmail.__table__()
+    address = Address.__table__()
+    cursor = Transaction().connection.cursor()
+    for sub in grouped_slice(ids):
+        sub = list(sub)
+        cursor.execute(*address.delete(where=reduce_ids(address.email, sub)))
+        cursor.execute(*ir_email.delete(
+                where=reduce_ids(ir_email.id, sub)
+                & (ir_email.marketing_automation_test == Literal(True))))
+
+
+class TestSender(ModelSQL):
+    """The row of a user that the test sends lock, to count and log the
+    test emails of the user one send after the other"""
+    __name__ = 'marketing.automation.test.sender'
+
+    user = fields.Many2One(
+        'res.user', "User", required=True, ondelete='CASCADE')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_constraints += [
+            ('user_unique', Unique(t, t.user),
+                'marketing_automation.msg_test_sender_unique'),
+            ]
 
 
 # Who a scenario will reach

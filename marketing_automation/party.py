@@ -1,7 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
+import json
+import re
+
 from sql import Cast, Literal, Null
 from sql.functions import Function, Lower
-from sql.operators import Concat
+from sql.operators import Concat, Like, Or
 
 from trytond import backend
 from trytond.model import ModelSQL, fields
@@ -54,8 +57,11 @@ class Erase(metaclass=PoolMeta):
     entries and the flags of their emails) are kept, blanked and unlinked
     from the party; the rows that only serve the party (its messages, its
     tracked links, its requests, its unsubscriptions and its slots of the
-    frequency cap) are deleted.  Each step is a few statements over the set
-    of the party's records, and a classmethod that a module may extend."""
+    frequency cap) are deleted.  What is not linked to the party but may
+    hold a copy of its name or address (the logs of the test emails, the
+    faults of the scenarios and activities, the previews left open) is
+    found by them.  Each step is a few statements over the set of the
+    party's records, and a classmethod that a module may extend."""
     __name__ = 'party.erase'
 
     def to_erase(self, party_id):
@@ -76,23 +82,23 @@ class Erase(metaclass=PoolMeta):
         record_ids = cls.marketing_records(party_ids)
         cls.erase_marketing_entries(record_ids)
         cls.erase_marketing_emails(record_ids, party_ids)
+        cls.erase_marketing_tests(party_ids)
         cls.erase_marketing_tracking(record_ids)
         cls.erase_marketing_records(record_ids, party_ids)
+        cls.erase_marketing_faults(party_ids)
+        cls.erase_marketing_previews(party_ids)
         cls.erase_marketing_party(party_ids)
 
     @classmethod
-    def marketing_records(cls, party_ids):
-        """The ids of the marketing records whose marketing party is one of
-        the parties: the parties themselves and the records of the other
-        models of the scenarios (their sales)"""
+    def marketing_references(cls, party_ids):
+        """The queries of the references ('model,id') of the records of each
+        model of the scenarios whose marketing party is one of the parties:
+        the parties themselves and the records of the other models (their
+        sales)"""
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
-        Record = pool.get('marketing.automation.record')
-        record = Record.__table__()
-        transaction = Transaction()
-        cursor = transaction.connection.cursor()
-        varchar = transaction.database.sql_type('VARCHAR').base
-        record_ids = []
+        varchar = Transaction().database.sql_type('VARCHAR').base
+        queries = []
         for model, _ in Scenario.get_models():
             Model = pool.get(model)
             # whatever the companies of the user who erases
@@ -100,12 +106,58 @@ class Erase(metaclass=PoolMeta):
                 query = Model.search(
                     [('marketing_party', 'in', party_ids)],
                     order=[], query=True)
+            queries.append(query.select(
+                    Concat(model + ',', Cast(query.id, varchar))))
+        return queries
+
+    @classmethod
+    def marketing_records(cls, party_ids):
+        """The ids of the marketing records whose marketing party is one of
+        the parties"""
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        record_ids = []
+        for references in cls.marketing_references(party_ids):
             cursor.execute(*record.select(
-                    record.id,
-                    where=record.record.in_(query.select(
-                            Concat(model + ',', Cast(query.id, varchar))))))
+                    record.id, where=record.record.in_(references)))
             record_ids.extend(i for i, in cursor)
         return record_ids
+
+    @classmethod
+    def marketing_addresses(cls, party_ids):
+        """The email addresses of the parties, in lower case, those of
+        their inactive contact mechanisms too"""
+        pool = Pool()
+        ContactMechanism = pool.get('party.contact_mechanism')
+        mechanism = ContactMechanism.__table__()
+        cursor = Transaction().connection.cursor()
+        addresses = set()
+        for sub in grouped_slice(party_ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*mechanism.select(
+                    mechanism.value,
+                    where=reduce_ids(mechanism.party, list(sub))
+                    & (mechanism.type == 'email')))
+            addresses.update(
+                v.strip().lower() for v, in cursor if v and v.strip())
+        return addresses
+
+    @classmethod
+    def marketing_traces(cls, party_ids):
+        """What may be written of the parties where nothing links to them,
+        in lower case: their names and their email addresses"""
+        pool = Pool()
+        Party = pool.get('party.party')
+        party = Party.__table__()
+        cursor = Transaction().connection.cursor()
+        traces = cls.marketing_addresses(party_ids)
+        for sub in grouped_slice(party_ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*party.select(
+                    party.name, where=reduce_ids(party.id, list(sub))))
+            traces.update(
+                n.strip().lower() for n, in cursor if n and n.strip())
+        return traces
 
     @classmethod
     def erase_marketing_entries(cls, record_ids):
@@ -169,6 +221,54 @@ class Erase(metaclass=PoolMeta):
                     where=logged & ir_email.resource.in_(parties)))
 
     @classmethod
+    def erase_marketing_tests(cls, party_ids):
+        """Blank the logs of the test emails sent to an address of the
+        parties (whatever its case), and of the emails of the scenarios
+        whose record is gone, as the emails of their records are: the logs
+        stay, so that they still count against the limit of the marketer
+        who sent them; blank the subject of the test emails made for a
+        record of the parties, and log them on their activity instead"""
+        pool = Pool()
+        IrEmail = pool.get('ir.email')
+        Address = pool.get('ir.email.address')
+        ir_email = IrEmail.__table__()
+        address = Address.__table__()
+        cursor = Transaction().connection.cursor()
+        unlinked = (ir_email.marketing_automation_test == Literal(True)) | (
+            (ir_email.marketing_automation_record == Null)
+            & (ir_email.marketing_automation_activity != Null))
+        logged = []
+        for sub in grouped_slice(
+                sorted(cls.marketing_addresses(party_ids)),
+                backend.MAX_QUERY_PARAMS):
+            cursor.execute(*ir_email.select(
+                    ir_email.id,
+                    where=unlinked & ir_email.id.in_(address.select(
+                            address.email,
+                            where=Lower(address.address).in_(list(sub))))))
+            logged.extend(i for i, in cursor)
+        for sub in grouped_slice(logged, backend.MAX_QUERY_PARAMS):
+            sub = list(sub)
+            cursor.execute(*address.delete(
+                    where=reduce_ids(address.email, sub)))
+            cursor.execute(*ir_email.update(
+                    [ir_email.recipients, ir_email.recipients_secondary,
+                        ir_email.recipients_hidden, ir_email.subject,
+                        ir_email.body, ir_email.message_id],
+                    [Null] * 6,
+                    where=reduce_ids(ir_email.id, sub)))
+        varchar = Transaction().database.sql_type('VARCHAR').base
+        for references in cls.marketing_references(party_ids):
+            cursor.execute(*ir_email.update(
+                    [ir_email.subject, ir_email.resource],
+                    [Null, Concat('marketing.automation.activity,',
+                            Cast(ir_email.marketing_automation_activity,
+                                varchar))],
+                    where=(ir_email.marketing_automation_test
+                        == Literal(True))
+                    & ir_email.resource.in_(references)))
+
+    @classmethod
     def erase_marketing_tracking(cls, record_ids):
         """Delete the requests of the records' emails from the event ledger,
         and their tracked links (whose targets may carry personal data) with
@@ -223,6 +323,62 @@ class Erase(metaclass=PoolMeta):
                     & record.record.in_(parties)))
 
     @classmethod
+    def erase_marketing_faults(cls, party_ids):
+        """Write *** for the names and the addresses of the parties in the
+        errors of the scenarios and activities: the error of a template or
+        a condition that fails for every recipient quotes the first one's;
+        the scenarios and activities stay paused"""
+        pool = Pool()
+        traces = cls.marketing_traces(party_ids)
+        if not traces:
+            return
+        erased = _traces_pattern(traces)
+        cursor = Transaction().connection.cursor()
+        for model in [
+                'marketing.automation.scenario',
+                'marketing.automation.activity']:
+            table = pool.get(model).__table__()
+            cursor.execute(*table.select(
+                    table.id, table.error,
+                    where=(table.error != Null)
+                    & _contains_any(Lower(table.error), traces)))
+            for record_id, error in cursor.fetchall():
+                blanked = erased.sub('***', error)
+                if blanked != error:
+                    cursor.execute(*table.update(
+                            [table.error], [blanked],
+                            where=table.id == record_id))
+
+    @classmethod
+    def erase_marketing_previews(cls, party_ids):
+        """Close the previews of emails left open that show a name or an
+        address of the parties: the stored state of their wizard is
+        deleted"""
+        pool = Pool()
+        Session = pool.get('ir.session.wizard')
+        session = Session.__table__()
+        cursor = Transaction().connection.cursor()
+        traces = cls.marketing_traces(party_ids)
+        if not traces:
+            return
+        erased = _traces_pattern(traces)
+        # the field of the form of the preview, in the JSON of its state
+        cursor.execute(*session.select(
+                session.id, session.data,
+                where=Like(session.data, '%"test_addresses"%')))
+        shown = []
+        for session_id, data in cursor.fetchall():
+            try:
+                values = json.loads(data)
+            except ValueError:
+                continue
+            if any(erased.search(v) for v in _strings(values)):
+                shown.append(session_id)
+        for sub in grouped_slice(shown, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*session.delete(
+                    where=reduce_ids(session.id, list(sub))))
+
+    @classmethod
     def erase_marketing_party(cls, party_ids):
         """Delete the unsubscriptions of the parties and their rows of the
         frequency cap, which serve only their next emails"""
@@ -237,6 +393,34 @@ class Erase(metaclass=PoolMeta):
             for sub in grouped_slice(party_ids, backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.delete(
                         where=reduce_ids(table.party, list(sub))))
+
+
+def _contains_any(column, traces):
+    "The SQL condition that the text of column holds one of the traces"
+    return Or([
+            Like(column, '%' + re.sub(r'([\\%_])', r'\\\1', t) + '%',
+                escape='\\')
+            for t in traces])
+
+
+def _traces_pattern(traces):
+    """The regular expression of the traces as whole words (a name inside
+    another word is not that name), whatever their case"""
+    return re.compile(r'(?<!\w)(?:%s)(?!\w)' % '|'.join(
+            re.escape(t) for t in sorted(traces, key=len, reverse=True)),
+        re.IGNORECASE)
+
+
+def _strings(value):
+    "The strings in a JSON value"
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 class _RandomBlob(Function):

@@ -33,10 +33,12 @@ class RPCError(Exception):
 
 
 class Session:
-    "A user logged in over JSON-RPC, calling the server as the client does"
+    """A user logged in over JSON-RPC, calling the server as the client does,
+    on the test database or on another one"""
 
-    def __init__(self, login, password):
+    def __init__(self, login, password, database=DB_NAME):
         self.client = Client(app, use_cookies=False)
+        self.database = database
         self.headers = {}
         self.user_id, session, _ = self.call(
             'common.db.login', login, {'password': password}, 'en')
@@ -46,7 +48,7 @@ class Session:
 
     def call(self, method, *params):
         response = self.client.post(
-            f'/{DB_NAME}/rpc/', headers=self.headers, json={
+            f'/{self.database}/rpc/', headers=self.headers, json={
                 'id': 1,
                 'method': method,
                 'params': list(params),

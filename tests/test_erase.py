@@ -28,6 +28,7 @@ ADDRESS = 'zelda.quorvex@example.com'
 # what is left of her anywhere, in any case, is found by this
 TRACE = 'quorvex'
 UNSUBSCRIBED = 'party_party-unsubscribed-marketing_automation_scenario'
+LOGGER = 'trytond.modules.marketing_automation'
 
 
 def welcome(children=()):
@@ -191,6 +192,28 @@ class EraseTestCase(_ScenarioTestMixin, TestCase):
             Erase.execute(session_id, {'ask': {'party': party_id}}, 'erase')
             Erase.delete(session_id)
 
+    def send_test(self, activity_id, addresses, close=True):
+        """Send the email of the activity for the first record of its
+        scenario as a test to the addresses, from its preview; leave the
+        preview open unless close"""
+        context = {
+            'active_model': 'marketing.automation.activity',
+            'active_id': activity_id,
+            'active_ids': [activity_id],
+            }
+        with committed(user=0, context=context):
+            Preview = Pool().get(
+                'marketing.automation.activity.preview', type='wizard')
+            session_id, _, _ = Preview.create()
+            values = Preview.execute(session_id, {}, 'start')['view']
+            values = {
+                k: v for k, v in values['values'].items() if '.' not in k}
+            result = Preview.execute(session_id, {'start': {
+                        **values, 'test_addresses': addresses}}, 'send')
+            if close:
+                Preview.delete(session_id)
+            return result['view']['values']['test_result']
+
     def test_erase_party(self):
         "Nothing of an erased party is left, and the figures do not move"
         zelda = self.create_party(NAME)
@@ -321,6 +344,114 @@ class EraseTestCase(_ScenarioTestMixin, TestCase):
         self.assertEqual(response.status_code, 301)
         response = self.client.get(ann_mail.link("Unsubscribe"))
         self.assertEqual(response.status_code, 200)
+
+    def test_erase_copies(self):
+        """Nothing is left of an erased party where nothing links to her:
+        the logs of the test emails to her or made for her, the faults that
+        quote her, the previews left open on her, the logs of her emails
+        from a scenario deleted since"""
+        zelda = self.create_party(NAME, ADDRESS)
+        ann = self.create_party("Ann Archer", 'ann@example.com')
+
+        # an email of a scenario deleted since: its log lost its record
+        old = self.start_scenario("Old", [zelda], [{
+                    'name': "Hello", 'action': 'send_email',
+                    'email_title': "Hello ${record.name}",
+                    'email_template': '<p>Hello ${record.name}</p>',
+                    }])
+        self.run_crons()
+        self.mail_to(ADDRESS, "Hello")
+        with committed():
+            Scenario = Pool().get('marketing.automation.scenario')
+            Scenario.stop([Scenario(old)])
+            Scenario.delete([Scenario(old)])
+
+        # a template that fails for everyone: the fault quotes her
+        self.start_scenario("Broken", [zelda, ann], [{
+                    'name': "Count", 'action': 'send_email',
+                    'email_title': "Count",
+                    'email_template': '<p>${int(record.name)}</p>',
+                    }])
+        with self.assertLogs(LOGGER, 'ERROR'):
+            self.run_crons()
+
+        # a marketer sends her email as a test, to herself and to Zelda
+        # (typed in capitals), and leaves another preview of it open
+        with committed():
+            Scenario = Pool().get('marketing.automation.scenario')
+            spring, = Scenario.create([{
+                        'name': "Spring", 'model': 'party.party',
+                        'domain': '[["id", "=", %s]]' % zelda,
+                        'activities': [('create', [welcome()])],
+                        }])
+            activity = spring.activities[0].id
+        result = self.send_test(
+            activity, 'Mary <mary@example.com>, '
+            'Zelda <%s>' % ADDRESS.upper())
+        self.assertNotIn("not sent", result)
+        self.send_test(activity, 'mary@example.com', close=False)
+        # a fault of a scenario that quotes her, as a module may write one
+        with committed(), self.assertLogs(LOGGER, 'ERROR'):
+            Scenario = Pool().get('marketing.automation.scenario')
+            Scenario.set_faults({spring.id: "No sale for %s" % ADDRESS})
+
+        with inspecting():
+            pool = Pool()
+            Activity = pool.get('marketing.automation.activity')
+            IrEmail = pool.get('ir.email')
+            broken, = Activity.search([('name', '=', "Count")])
+            self.assertIn(NAME, broken.error)
+            tests = IrEmail.search([
+                    ('marketing_automation_test', '=', True),
+                    ('marketing_automation_activity', '=', activity),
+                    ])
+            self.assertEqual(
+                {str(e.resource) for e in tests}, {party_reference(zelda)})
+        self.assertEqual(
+            {t for t, _ in traces(TRACE)}, {
+                'ir_email', 'ir_email_address', 'ir_session_wizard',
+                'marketing_automation_activity',
+                'marketing_automation_scenario'},
+            msg="the search does not see what it looks for")
+
+        self.erase(zelda)
+
+        self.assertEqual(traces(TRACE), [])
+        with inspecting():
+            pool = Pool()
+            Activity = pool.get('marketing.automation.activity')
+            IrEmail = pool.get('ir.email')
+            # the activity stays paused, its error without her
+            broken = Activity(broken.id)
+            self.assertEqual(
+                broken.error.count('***'), 1, msg=broken.error)
+            self.assertTrue(broken.waits_after_fault())
+            Scenario = pool.get('marketing.automation.scenario')
+            self.assertEqual(Scenario(spring.id).error, "No sale for ***")
+            # the tests still count against the limit of the marketer
+            tests = IrEmail.search([
+                    ('marketing_automation_test', '=', True),
+                    ('marketing_automation_activity', '=', activity),
+                    ], order=[('id', 'ASC')])
+            logged_on = 'marketing.automation.activity,%s' % activity
+            self.assertEqual([
+                    (e.recipients, e.subject, str(e.resource),
+                        [a.address for a in e.addresses])
+                    for e in tests], [
+                    ('Mary <mary@example.com>', None, logged_on,
+                        ['mary@example.com']),
+                    (None, None, logged_on, []),
+                    ('mary@example.com', None, logged_on,
+                        ['mary@example.com']),
+                    ])
+        # Ann's entry of the broken template is as it was
+        with inspecting():
+            RecordActivity = Pool().get(
+                'marketing.automation.record.activity')
+            self.assertEqual(RecordActivity.search([
+                        ('activity', '=', broken.id),
+                        ('record.record', '=', party_reference(ann)),
+                        ], count=True), 1)
 
 
 class RetentionTestCase(_ScenarioTestMixin, TestCase):

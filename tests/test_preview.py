@@ -26,12 +26,14 @@ import lxml.html
 from sql import Literal
 from werkzeug.test import Client
 
+from trytond import backend
 from trytond.modules.marketing_automation import \
     marketing_automation_preview as preview
 from trytond.modules.marketing_automation import render_box
 from trytond.pool import Pool
 from trytond.pyson import PYSONDecoder
-from trytond.tests.test_tryton import TestCase, activate_module, drop_db
+from trytond.tests.test_tryton import (
+    DB_NAME, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
 from trytond.wsgi import app
 
@@ -39,7 +41,7 @@ from .test_access import RPCError, Session
 from .test_email import (
     DB64, GOODBYE, OFFER, ONE_CLICK, Mail, encode, inspecting, message,
     page_text, welcome)
-from .tools import BASE, SENDER, SendingTestMixin, committed
+from .tools import BASE, SENDER, SendingTestMixin, committed, shared_database
 
 WIZARD = 'marketing.automation.activity.preview'
 ACTIVITY = 'marketing.automation.activity'
@@ -130,8 +132,8 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     # Setting things up
 
-    def login(self, login='mary'):
-        return Marketer(login, PASSWORDS[login])
+    def login(self, login='mary', database=DB_NAME):
+        return Marketer(login, PASSWORDS[login], database)
 
     def named(self, name):
         return f'{name} {self._testMethodName}'
@@ -628,17 +630,20 @@ class PreviewTestCase(SendingTestMixin, TestCase):
         self.assertEqual(self.smtp.received(), [])
         self.assertEqual(self.logged_tests(activity), [])
 
+    def forget_tests(self):
+        "Count none of the test emails sent before by the other tests"
+        with committed(user=0):
+            IrEmail = Pool().get('ir.email')
+            IrEmail.write(IrEmail.search([
+                        ('marketing_automation_test', '=', True),
+                        ]), {'marketing_automation_test': False})
+
     def test_limit_of_test_emails(self):
         "A marketer sends at most [marketing] test_email_limit an hour"
         ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.configure({('marketing', 'test_email_limit'): '3'})
-        with committed(user=0):
-            # the tests sent before by the marketer in other tests
-            IrEmail = Pool().get('ir.email')
-            IrEmail.write(IrEmail.search([
-                        ('marketing_automation_test', '=', True),
-                        ]), {'marketing_automation_test': False})
+        self.forget_tests()
         mary = self.login()
         values = form(mary.open_preview(activity))
         two = 'a@example.com, b@example.com'
@@ -661,6 +666,133 @@ class PreviewTestCase(SendingTestMixin, TestCase):
                     where=table.marketing_automation_test == Literal(True)))
         mary.execute('send', {**values, 'test_addresses': two})
         self.assertEqual(len(self.smtp.received()), 4)
+
+    def test_limit_holds_for_sends_at_once(self):
+        """Three test sends of a marketer at the same moment, each in its
+        own transaction, deliver no more than the limit between them"""
+        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        _, activity = self.create_scenario([ann])
+        self.forget_tests()
+        count = 3
+        with shared_database() as database:
+            wizards = [self.login(database=database) for _ in range(count)]
+            forms = [form(w.open_preview(activity)) for w in wizards]
+            together = threading.Barrier(count)
+            outcomes = [None] * count
+
+            def send(i):
+                addresses = ', '.join(
+                    f'sender{i}.{n}@example.com' for n in range(8))
+                together.wait()
+                try:
+                    wizards[i].execute(
+                        'send', {**forms[i], 'test_addresses': addresses})
+                    outcomes[i] = 'sent'
+                except RPCError as error:
+                    outcomes[i] = error.args[1][0]
+            threads = [
+                threading.Thread(target=send, args=(i,))
+                for i in range(count)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+
+        # 8 + 8 fit in the limit of 20, and the third 8 does not
+        self.assertEqual(len(self.smtp.received()), 16)
+        self.assertEqual(sorted(outcomes), [
+                message('msg_preview_test_limit', limit=20, sent=16, count=8),
+                'sent', 'sent'])
+
+    def test_refused_test_emails_do_not_count(self):
+        "A test email that the mail server refuses counts for nothing"
+        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        _, activity = self.create_scenario([ann])
+        self.configure({('marketing', 'test_email_limit'): '3'})
+        self.forget_tests()
+        self.smtp.refuse('nobody@example.com', 550)
+        self.smtp.refuse('later@example.com', 554, at='DATA')
+        mary = self.login()
+        values = form(mary.open_preview(activity))
+
+        mary.execute('send', {
+                **values,
+                'test_addresses': (
+                    'nobody@example.com, later@example.com, '
+                    'a@example.com')})
+        mary.execute('send', {
+                **values, 'test_addresses': 'b@example.com, c@example.com'})
+
+        self.assertEqual(
+            sorted(r for m in self.smtp.received() for r in m.rcpt_tos),
+            ['a@example.com', 'b@example.com', 'c@example.com'])
+        self.assertEqual(
+            [t[1] for t in self.logged_tests(activity)],
+            ['a@example.com', 'b@example.com', 'c@example.com'])
+
+    def test_retried_send_passes_no_limit(self):
+        """A send whose transaction fails after its emails left, and that
+        the server runs again, lets no more than the limit leave"""
+        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        _, activity = self.create_scenario([ann])
+        self.configure({('marketing', 'test_email_limit'): '3'})
+        self.forget_tests()
+        mary = self.login()
+        values = form(mary.open_preview(activity))
+        deliver = preview.deliver_tests
+        failures = []
+
+        def deliver_then_fail(composed):
+            result = deliver(composed)
+            if not failures:
+                # as a concurrent update found at the end of the work
+                failures.append(composed)
+                raise backend.DatabaseOperationalError("could not serialize")
+            return result
+
+        with mock.patch.object(
+                preview, 'deliver_tests', side_effect=deliver_then_fail):
+            with self.assertRaises(RPCError) as raised:
+                mary.execute('send', {
+                        **values,
+                        'test_addresses': 'a@example.com, b@example.com'})
+        self.assertEqual(raised.exception.args[1][0], message(
+                'msg_preview_test_limit', limit=3, sent=2, count=2))
+        self.assertEqual(len(failures), 1)
+        self.assertEqual(len(self.smtp.received()), 2)
+        # what left counts once
+        mary.execute('send', {**values, 'test_addresses': 'c@example.com'})
+        self.assertEqual(len(self.smtp.received()), 3)
+
+    def test_lost_test_email_counts(self):
+        """A test email on its way when the connection to the mail server
+        is lost counts: it may have left"""
+        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        _, activity = self.create_scenario([ann])
+        self.configure({
+                ('marketing', 'test_email_limit'): '2',
+                ('email', 'uri'): self.smtp.uri(timeout=1),
+                })
+        self.forget_tests()
+        mary = self.login()
+        values = form(mary.open_preview(activity))
+        # the server takes the message and answers after the client gave up
+        self.smtp.stall = 2
+
+        values = mary.execute('send', {
+                **values, 'test_addresses': 'a@example.com, b@example.com'})
+        self.smtp.stall = 0
+        self.assertEqual(
+            [r for m in self.smtp.received() for r in m.rcpt_tos],
+            ['a@example.com'])
+        self.assertEqual(len(values['test_result'].splitlines()), 2)
+        with self.assertRaises(RPCError) as raised:
+            mary.execute('send', {
+                    **form(values),
+                    'test_addresses': 'c@example.com, d@example.com'})
+        self.assertEqual(raised.exception.args[1][0], message(
+                'msg_preview_test_limit', limit=2, sent=1, count=2))
+        self.assertEqual(len(self.smtp.received()), 1)
 
     def test_refused_recipient_is_reported(self):
         "The mail server refusing one address: the others are sent"

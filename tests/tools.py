@@ -15,6 +15,7 @@ import email.policy
 import logging
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -29,7 +30,7 @@ import lxml.html
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from trytond import config
+from trytond import backend, config
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import DB_NAME, USER
@@ -38,8 +39,8 @@ from trytond.worker import run_task
 
 __all__ = [
     'Received', 'SMTPServer', 'override_config', 'committed', 'run_queue',
-    'parse_message', 'html_links', 'SendingTestMixin', 'BROWSER',
-    'event_clock', 'human_request', 'decide_events',
+    'shared_database', 'parse_message', 'html_links', 'SendingTestMixin',
+    'BROWSER', 'event_clock', 'human_request', 'decide_events',
     'without_mjml_compilers']
 
 Received = namedtuple('Received', ['mail_from', 'rcpt_tos', 'data'])
@@ -294,6 +295,34 @@ def committed(user=USER, context=None):
         yield transaction
         transaction.commit()
     run_queue()
+
+
+@contextmanager
+def shared_database():
+    """The name of a database that other connections open while the block
+    runs, each with its transactions: the test database on PostgreSQL; on
+    SQLite, whose test database lives in the memory of the test process,
+    a copy of it in a file made for the block and removed after it, which
+    trytond opens by that name meanwhile"""
+    if backend.name != 'sqlite':
+        yield DB_NAME
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        name = 'shared_%s' % os.getpid()
+        with Transaction().start(DB_NAME, 0, readonly=True) as transaction:
+            with sqlite3.connect(
+                    os.path.join(directory, name + '.sqlite')) as copy:
+                transaction.connection.backup(copy)
+            copy.close()
+        with override_config({('database', 'path'): directory}):
+            # the routes would look for it among the databases they listed
+            # before it was made
+            with Transaction().start(name, 0, readonly=True):
+                Pool(name).init()
+            try:
+                yield name
+            finally:
+                Pool.stop(name)
 
 
 def parse_message(data):
