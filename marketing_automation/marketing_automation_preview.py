@@ -240,6 +240,8 @@ class Trial(EmailBatch):
                     'marketing_automation.msg_preview_unsubscribe_next',
                     next=link.url) if link.url else gettext(
                     'marketing_automation.msg_preview_unsubscribe')
+            elif link.kind == mailing.TRAP:
+                url = urls.empty_page_url(self.base)
             else:
                 # the open-tracking image and the links only the server
                 # follows, which only record what happened

@@ -25,6 +25,10 @@ from .marketing_automation_preview import PreviewRefused
 
 with file_open('marketing_automation/empty.gif', mode='rb') as _file:
     EMPTY_GIF = _file.read()
+EMPTY_PAGE = (
+    '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+    '<meta name="robots" content="noindex"><title></title></head>'
+    '<body></body></html>\n')
 # The routes are public: giving them a size of their own keeps trytond from
 # reading the credentials of a request (a login on an unknown database
 # answers 503), and an unsubscribe form is one field.
@@ -81,6 +85,18 @@ def module_activated(func):
 @app.route(urls.EMPTY_GIF, methods={'GET', 'HEAD'})
 def empty_gif(request):
     return Response(EMPTY_GIF, mimetype='image/gif', headers=NO_CACHE)
+
+
+@app.route(urls.EMPTY_PAGE, methods={'GET', 'HEAD'})
+def empty_page(request):
+    "Where the trap link leads the scanners that follow it: a blank page"
+    return Response(
+        EMPTY_PAGE, mimetype='text/html', headers={
+            **NO_CACHE,
+            'X-Robots-Tag': 'noindex',
+            'X-Content-Type-Options': 'nosniff',
+            'Content-Security-Policy': "default-src 'none'",
+            })
 
 
 @app.route(urls.TRACKED_LINK, methods={'GET', 'HEAD'})

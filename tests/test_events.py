@@ -17,7 +17,7 @@ from trytond.tests.test_tryton import (
     DB_NAME, USER, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
 
-from .test_email import Mail, inspecting
+from .test_email import BASE, Mail, inspecting
 from .test_reporting import reporting
 from .tools import (
     BROWSER, SendingTestMixin, committed, decide_events, event_clock,
@@ -169,6 +169,41 @@ class EventsTestCase(SendingTestMixin, TestCase):
         self.assertNotIn(trap.get('href'), mail.text)
         self.assertEqual(
             [t for _, t in mail.links if t], ["First", "Second"])
+
+    def test_trap_link_leads_to_a_blank_page(self):
+        """The trap link leads to a blank page of its own, not to the image:
+        Tryton's own module finds the image of an email by its redirect URL
+        ending in /m/empty.gif, and finds one"""
+        mail = self.send("Ann")
+        trap, = [
+            a.get('href') for a in mail.document.iter('a')
+            if a.get('aria-hidden') == 'true']
+        with inspecting():
+            ShortenedURL = Pool().get('web.shortened_url')
+            offer = self.entry("Offer")
+            images = ShortenedURL.search([
+                    ('record', '=', str(offer)),
+                    ('redirect_url', 'like', '%/m/empty.gif'),
+                    ])
+            self.assertEqual(
+                [u.method for u in images],
+                ['marketing.automation.record.activity|on_email_opened'])
+
+        response = self.request(trap)
+        self.assertEqual(response.status_code, 302)
+        self.assertEqual(
+            response.headers['Location'], BASE + '/m/empty.html')
+        self.assertIn('no-store', response.headers['Cache-Control'])
+        page = self.client.get(response.headers['Location'])
+        self.assertEqual(page.status_code, 200)
+        self.assertEqual(page.mimetype, 'text/html')
+        self.assertIn('no-store', page.headers['Cache-Control'])
+        self.assertEqual(
+            lxml.html.document_fromstring(page.data).text_content(), '')
+        # the ledger still takes the request for a machine's
+        decide_events()
+        with inspecting():
+            self.assertEqual(self.events(), [('trap', 'machine', 'trap')])
 
     def test_scanner_then_person(self):
         """A gateway scans every link at delivery: nothing follows; the
