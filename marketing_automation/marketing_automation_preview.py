@@ -349,6 +349,16 @@ class Activity(metaclass=PoolMeta):
                 })
 
     @classmethod
+    def view_attributes(cls):
+        # the client greys out the button until the activity is saved
+        return super().view_attributes() + [
+            ('//label[@id="preview_unsaved"]', 'states', {
+                    'invisible': (Eval('action') != SEND_EMAIL)
+                    | (Eval('id', -1) >= 0),
+                    }),
+            ]
+
+    @classmethod
     @ModelView.button_action('marketing_automation.wizard_activity_preview')
     def preview(cls, activities):
         pass
