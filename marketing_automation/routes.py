@@ -139,10 +139,10 @@ def unsubscribe(request, pool):
 
     uuid = request.args.get('r')
     if not mailing.is_uuid(uuid):
-        abort(HTTPStatus.BAD_REQUEST)
+        return invalid_unsubscribe_link(request, pool, HTTPStatus.BAD_REQUEST)
     records = Record.search([('uuid', '=', uuid)], limit=1)
     if not records:
-        abort(HTTPStatus.NOT_FOUND)
+        return invalid_unsubscribe_link(request, pool, HTTPStatus.NOT_FOUND)
     record, = records
     next_ = request.args.get('next')
     if next_:
@@ -175,6 +175,28 @@ def unsubscribe(request, pool):
                 'database', 'language', default='en')):
         _, content, _, _ = Unsubscribe.execute([record.id], data)
     return Response(content, mimetype='text/html', headers={
+            'Cache-Control': 'no-store',
+            'X-Robots-Tag': 'noindex',
+            })
+
+
+def invalid_unsubscribe_link(request, pool, status):
+    """The unsubscribe page that tells that its link is not valid, with
+    status
+
+    The recipient of a mangled link is not known: the page speaks the
+    language that the browser asks for, else the default one."""
+    Lang = pool.get('ir.lang')
+    Unsubscribe = pool.get('marketing.automation.unsubscribe', type='report')
+    if request.method == 'HEAD':
+        return Response(status=status, mimetype='text/html')
+    default = config.get('database', 'language', default='en')
+    codes = {
+        c.replace('_', '-'): c for c in Lang.get_translatable_languages()}
+    language = codes.get(request.accept_languages.best_match(codes), default)
+    with Transaction().set_context(language=language):
+        _, content, _, _ = Unsubscribe.execute([], {'action': 'invalid'})
+    return Response(content, status=status, mimetype='text/html', headers={
             'Cache-Control': 'no-store',
             'X-Robots-Tag': 'noindex',
             })
