@@ -5,8 +5,8 @@ A recipient's mail client, a link scanner or a stranger reach the routes of
 every database of the server: ``/m/empty.gif``, ``/m/empty.html``, the
 tracked links ``/s/<database>/<token>``, the unsubscribe page
 ``/m/<database>/unsubscribe`` and web_shortener's ``/s/<database>$<id>``,
-whose links of this module are kept out of reach.  Whatever they send, the answer is never a 5xx, and a
-request without a valid token changes nothing.
+whose links of this module are kept out of reach.  Whatever they send, the
+answer is never a 5xx, and a request without a valid token changes nothing.
 
 The fuzz is bounded and repeatable: a fixed seed draws 3,000 requests
 without a valid token (random methods, mutated and random database names,
