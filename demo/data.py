@@ -199,6 +199,7 @@ def create():
     Party = pool.get('party.party')
     Scenario = pool.get('marketing.automation.scenario')
     Cron = pool.get('ir.cron')
+    ConfigWizardItem = pool.get('ir.module.config_wizard.item')
 
     admin, = User.search([('login', '=', 'admin')])
     langs = {l.code: l for l in Lang.search([('code', 'in', ['en', 'fr'])])}
@@ -259,6 +260,11 @@ def create():
             'interval_type': 'minutes',
             'next_call': None,
             })
+    # Tryton's wizards of module configuration would open at the first
+    # login of admin: the demonstration needs none of them
+    ConfigWizardItem.write(
+        ConfigWizardItem.search([('state', '=', 'open')]), {'state': 'done'})
+
     with_email = sum(1 for p in PARTIES if p[1])
     print('%s parties (%s with an email address, %s in French), '
         'scenario "%s" running with %s activities' % (

@@ -8,6 +8,8 @@
 
 The bodies of the emails are quoted-printable, so their links cannot be
 cut out of the file with grep: this reads them as a mail client does.
+The curl commands send the User-Agent of a browser: the event ledger takes
+curl's own for a machine's, and a machine's request counts nothing.
 
 With --as, the requests are made: a scanner (the security gateway of a
 mail server) requests every link of the email at once, the hidden trap
@@ -78,11 +80,15 @@ def show(path):
     message, tracked, traps, unsubscribe, images = read(path)
     print('%s\n  To: %s\n  Subject: %s' % (
             path, message['To'], message['Subject']))
+    print('  (the commands send the User-Agent of a browser: with curl\'s '
+        'own, the request counts as a machine\'s)')
     header = (message['List-Unsubscribe'] or '').strip('<> ')
     q = shlex.quote
     # a GET: the HEAD of "curl -I" is what link scanners send, and it
-    # records nothing
-    follow = 'curl -s -o /dev/null -w "%{http_code} %{redirect_url}\\n" '
+    # records nothing; as a browser: with curl's own User-Agent, the event
+    # ledger takes the request for a machine's
+    follow = ('curl -s -A %s -o /dev/null '
+        '-w "%%{http_code} %%{redirect_url}\\n" ' % q(BROWSER))
     for url, text in tracked:
         print('  link "%s" (a click, which counts as an open too):' % text)
         print('    ' + follow + q(url))

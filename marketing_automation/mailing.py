@@ -138,16 +138,18 @@ class RenderError(Exception):
 # A body that is not a whole document is wrapped in an element that Genshi
 # strips, so fragments with several roots or bare text work and may use py:
 # directives without declaring the namespace.  The wrapper sits on the first
-# line of the source so error line numbers stay right.
-_FRAGMENT = (
+# line of the source so the line numbers stay right; the columns of the first
+# line are moved back by its length (see _located).
+_FRAGMENT_START = (
     '<div xmlns="http://www.w3.org/1999/xhtml" '
-    'xmlns:py="http://genshi.edgewall.org/" py:strip="">%s</div>')
+    'xmlns:py="http://genshi.edgewall.org/" py:strip="">')
+_FRAGMENT_END = '</div>'
 _DOCUMENT_START = re.compile(r'\s*<(\?xml|!doctype|html)', re.IGNORECASE)
 
 
 def compile_title(source):
     "Return the Genshi text template of an email title"
-    return _compile(NewTextTemplate, source)
+    return _compile(NewTextTemplate, source, written=source)
 
 
 def compile_body(source):
@@ -155,24 +157,31 @@ def compile_body(source):
     if source.lstrip().startswith('<mjml'):
         # MJML gives HTML, not XML: parse it as HTML and keep its doctype
         html = _mjml_to_html(source)
-        source = Stream(chain(
-                [(DOCTYPE, ('html', None, None), (None, 1, 0))],
-                HTMLParser(StringIO(html))))
+        return _compile(MarkupTemplate, Stream(chain(
+                    [(DOCTYPE, ('html', None, None), (None, 1, 0))],
+                    HTMLParser(StringIO(html)))))
     elif not _DOCUMENT_START.match(source):
-        source = _FRAGMENT % source
-    return _compile(MarkupTemplate, source)
+        return _compile(
+            MarkupTemplate, _FRAGMENT_START + source + _FRAGMENT_END,
+            written=source, shift=len(_FRAGMENT_START))
+    return _compile(MarkupTemplate, source, written=source)
 
 
-def _compile(template_class, source):
+def _compile(template_class, source, written=None, shift=0):
+    """Return the template of source, or TemplateError
+
+    written is what the marketer wrote, which starts shift characters after
+    the start of source: the errors tell where in it they are."""
     try:
-        template = template_class(
-            source, lookup=sandbox.Lookup, allow_exec=False,
-            loader=sandbox.NO_INCLUDES)
+        template = _template(template_class, source)
         sandbox.seal_template(template)
     except (GenshiTemplateError, ParseError) as exception:
         # drop the position of a Python error inside its expression
         message = re.sub(r' \([^()]*, line \d+\)$', '', str(exception.msg))
-        if 'line' not in message and exception.lineno > 0:
+        if written is not None:
+            message = _located(
+                message, exception, template_class, written, shift)
+        elif 'line' not in message and exception.lineno > 0:
             message += f" (line {exception.lineno})"
         raise TemplateError(message) from exception
     except (ValueError, sandbox.SandboxError) as exception:
@@ -182,6 +191,93 @@ def _compile(template_class, source):
         # Genshi refuses the Python it cannot translate with a bare Exception
         raise TemplateError(_unsupported(exception)) from exception
     return template
+
+
+def _template(template_class, source):
+    return template_class(
+        source, lookup=sandbox.Lookup, allow_exec=False,
+        loader=sandbox.NO_INCLUDES)
+
+
+# The XML parser's position of an error: a line from 1, a column from 0
+_PARSER_POSITION = re.compile(r'line (\d+), column (\d+)')
+_DIRECTIVE = re.compile(r'"(\w+)" directive')
+# What opens an expression: ${, $, an attribute's quote or a text directive
+_OPENING = r'(?:\$\{\s*|\$|["\']\s*|\{%\s*\w+\s+)'
+
+
+def _located(message, exception, template_class, written, shift):
+    """message with the position of its error in written, as
+    "line L, column C" (both from 1), or "line L" when only the line is
+    known"""
+    starts = [0] + [m.end() for m in re.finditer('\n', written)]
+    match = _PARSER_POSITION.search(message)
+    if match:
+        line, column = int(match.group(1)), int(match.group(2))
+        if line == 1:
+            index = column - shift
+        elif line <= len(starts):
+            index = starts[line - 1] + column
+        else:
+            index = len(written)
+        # an element left open is found in the closing tag of the wrapper,
+        # after the end of what was written
+        index = min(max(index, 0), len(written))
+        return (message[:match.start()] + _position(written, index)
+            + message[match.end():])
+
+    line = exception.lineno
+    if template_class is NewTextTemplate:
+        line = _text_line(written, str(exception.msg))
+    # Genshi gives the line where the text or the element of the error
+    # starts: the error is there or after it
+    line = min(max(line, 1), len(starts))
+    context = exception.__context__
+    directive = _DIRECTIVE.search(message)
+    if isinstance(context, SyntaxError) and (context.text or '').strip():
+        # the expression is after its opening, unless the error is on one
+        # of its next lines
+        text = re.escape(context.text.strip())
+        found = (re.compile(_OPENING + '(%s)' % text).search(
+                written, starts[line - 1])
+            or re.compile('(%s)' % text).search(written, starts[line - 1]))
+    elif directive and template_class is NewTextTemplate:
+        found = re.compile(r'\{%%\s*%s\b' % directive.group(1)).search(
+            written, starts[line - 1])
+    elif directive:
+        found = re.compile(r'py:%s\b' % directive.group(1)).search(
+            written, starts[line - 1])
+    else:
+        found = None
+    if found:
+        index = found.start(found.re.groups)
+        return f"{message} ({_position(written, index)})"
+    return f"{message} (line {line})"
+
+
+def _position(written, index):
+    "The line and the column of index in written, both from 1"
+    line = written.count('\n', 0, index) + 1
+    column = index - written.rfind('\n', 0, index)
+    return f"line {line}, column {column}"
+
+
+def _text_line(written, message):
+    """The line of the error of message in the text template written
+
+    Genshi counts a line too many for each piece of text or directive before
+    the error: the error is on the first line whose end makes the template
+    fail with the same message."""
+    lines = written.split('\n')
+    for count in range(1, len(lines)):
+        try:
+            _template(NewTextTemplate, '\n'.join(lines[:count]))
+        except GenshiTemplateError as exception:
+            if str(exception.msg) == message:
+                return count
+        except Exception:
+            pass
+    return len(lines)
 
 
 _UNSUPPORTED = {

@@ -213,8 +213,13 @@ class Event(ModelSQL, ModelView):
         required=True, ondelete='CASCADE', readonly=True)
     kind = fields.Selection(KINDS, "Kind", required=True, readonly=True)
     url = fields.Many2One(
-        'web.shortened_url', "Link", readonly=True, ondelete='SET NULL',
-        help="The tracked link that was requested.")
+        'web.shortened_url', "Tracked Link", readonly=True,
+        ondelete='SET NULL', help="The tracked link that was requested.")
+    link = fields.Function(fields.Char(
+            "Link",
+            help="Where the link that was clicked leads (empty for an open "
+            "or the trap link, and once the tracked link is purged)."),
+        'get_link', searcher='search_link')
     at = fields.DateTime("At", required=True, readonly=True)
     user_agent = fields.Selection(
         FAMILIES, "User Agent", readonly=True,
@@ -252,6 +257,27 @@ class Event(ModelSQL, ModelView):
     @classmethod
     def default_repeats(cls):
         return 0
+
+    @classmethod
+    def get_link(cls, events, name):
+        pool = Pool()
+        ShortenedURL = pool.get('web.shortened_url')
+        table = cls.__table__()
+        url = ShortenedURL.__table__()
+        cursor = Transaction().connection.cursor()
+        links = dict.fromkeys(map(int, events))
+        for sub in grouped_slice(events):
+            cursor.execute(*table.join(url,
+                    condition=table.url == url.id).select(
+                    table.id, url.redirect_url,
+                    where=reduce_ids(table.id, list(map(int, sub)))
+                    & (table.kind == 'click')))
+            links.update(cursor)
+        return links
+
+    @classmethod
+    def search_link(cls, name, clause):
+        return [('url.redirect_url', *clause[1:]), ('kind', '=', 'click')]
 
     @classmethod
     def record(cls, url_id, record_activity_id, kind, visitor):

@@ -41,7 +41,7 @@ from trytond.transaction import Transaction
 from .exceptions import DomainError
 from .marketing_automation import (
     _as_date, _describe, _eval_environment, _now, _round_rate)
-from .marketing_automation_reporting import rate
+from .marketing_automation_reporting import percent, rate
 from .tools import contained, none_of
 
 # Two days to tell whether a goal uses the date of entry
@@ -350,6 +350,7 @@ class ReportingScenario(metaclass=PoolMeta):
         "Records Converted",
         help="Those of the records that reached the goal.")
     conversion_rate = fields.Float("Conversion Rate", digits=(1, 2))
+    conversion_rate_percent = percent("Conversion Rate (%)")
 
     @classmethod
     def _columns(cls, tables, withs):

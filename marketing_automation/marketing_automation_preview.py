@@ -242,6 +242,8 @@ class Trial(EmailBatch):
                     'marketing_automation.msg_preview_unsubscribe_next',
                     next=link.url) if link.url else gettext(
                     'marketing_automation.msg_preview_unsubscribe')
+            elif link.kind == mailing.TRAP:
+                url = urls.empty_page_url(self.base)
             else:
                 # the open-tracking image and the links only the server
                 # follows, which only record what happened
@@ -347,6 +349,16 @@ class Activity(metaclass=PoolMeta):
                     'depends': ['action'],
                     },
                 })
+
+    @classmethod
+    def view_attributes(cls):
+        # the client greys out the button until the activity is saved
+        return super().view_attributes() + [
+            ('//label[@id="preview_unsaved"]', 'states', {
+                    'invisible': (Eval('action') != SEND_EMAIL)
+                    | (Eval('id', -1) >= 0),
+                    }),
+            ]
 
     @classmethod
     @ModelView.button_action('marketing_automation.wizard_activity_preview')

@@ -99,6 +99,12 @@ class Abstract(ModelSQL, ModelView):
                 group_by=cls._group_by(tables, withs),
                 with_=list(withs.values()) or None))
 
+    def get_percent(self, name):
+        "The rate of the percent field name, in percent"
+        rate = getattr(self, name[:-len('_percent')])
+        if rate is not None:
+            return float(round(rate * 100))
+
     @classmethod
     def _rows(cls, grouped):
         """The query of the rows from grouped, the query of the counts of
@@ -197,6 +203,15 @@ class Abstract(ModelSQL, ModelView):
         return series
 
 
+def percent(string, **kwargs):
+    """A field of the rate named as it without "_percent", in percent
+
+    The graphs show the values of their fields as they are: the forms and
+    the lists show the rates with a factor of 100 instead."""
+    return fields.Function(
+        fields.Float(string, digits=(3, 0), **kwargs), 'get_percent')
+
+
 def rate(numerator, denominator):
     """The SQL of numerator / denominator rounded half up to 2 decimals as
     a float, 0 without a denominator
@@ -219,6 +234,7 @@ class Scenario(Abstract):
     record_count_blocked = fields.Integer(
         "Records Blocked", help="Those of the records that are blocked.")
     block_rate = fields.Float("Block Rate", digits=(1, 2))
+    block_rate_percent = percent("Block Rate (%)")
 
     @classmethod
     def _joins(cls):
@@ -293,6 +309,12 @@ class Activity(Abstract):
     email_click_through_rate = fields.Float(
         "Email Click-Through Rate", digits=(1, 2), states=_email_states,
         help="The emails clicked per email opened.")
+    email_open_rate_percent = percent(
+        "Email Open Rate (%)", states=_email_states)
+    email_click_rate_percent = percent(
+        "Email Click Rate (%)", states=_email_states)
+    email_click_through_rate_percent = percent(
+        "Email Click-Through Rate (%)", states=_email_states)
 
     del _email_states
 

@@ -25,6 +25,10 @@ from .marketing_automation_preview import PreviewRefused
 
 with file_open('marketing_automation/empty.gif', mode='rb') as _file:
     EMPTY_GIF = _file.read()
+EMPTY_PAGE = (
+    '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+    '<meta name="robots" content="noindex"><title></title></head>'
+    '<body></body></html>\n')
 # The routes are public: giving them a size of their own keeps trytond from
 # reading the credentials of a request (a login on an unknown database
 # answers 503), and an unsubscribe form is one field.
@@ -83,6 +87,18 @@ def empty_gif(request):
     return Response(EMPTY_GIF, mimetype='image/gif', headers=NO_CACHE)
 
 
+@app.route(urls.EMPTY_PAGE, methods={'GET', 'HEAD'})
+def empty_page(request):
+    "Where the trap link leads the scanners that follow it: a blank page"
+    return Response(
+        EMPTY_PAGE, mimetype='text/html', headers={
+            **NO_CACHE,
+            'X-Robots-Tag': 'noindex',
+            'X-Content-Type-Options': 'nosniff',
+            'Content-Security-Policy': "default-src 'none'",
+            })
+
+
 @app.route(urls.TRACKED_LINK, methods={'GET', 'HEAD'})
 @set_max_request_size(MAX_REQUEST_SIZE)
 @with_pool
@@ -123,10 +139,10 @@ def unsubscribe(request, pool):
 
     uuid = request.args.get('r')
     if not mailing.is_uuid(uuid):
-        abort(HTTPStatus.BAD_REQUEST)
+        return invalid_unsubscribe_link(request, pool, HTTPStatus.BAD_REQUEST)
     records = Record.search([('uuid', '=', uuid)], limit=1)
     if not records:
-        abort(HTTPStatus.NOT_FOUND)
+        return invalid_unsubscribe_link(request, pool, HTTPStatus.NOT_FOUND)
     record, = records
     next_ = request.args.get('next')
     if next_:
@@ -159,6 +175,28 @@ def unsubscribe(request, pool):
                 'database', 'language', default='en')):
         _, content, _, _ = Unsubscribe.execute([record.id], data)
     return Response(content, mimetype='text/html', headers={
+            'Cache-Control': 'no-store',
+            'X-Robots-Tag': 'noindex',
+            })
+
+
+def invalid_unsubscribe_link(request, pool, status):
+    """The unsubscribe page that tells that its link is not valid, with
+    status
+
+    The recipient of a mangled link is not known: the page speaks the
+    language that the browser asks for, else the default one."""
+    Lang = pool.get('ir.lang')
+    Unsubscribe = pool.get('marketing.automation.unsubscribe', type='report')
+    if request.method == 'HEAD':
+        return Response(status=status, mimetype='text/html')
+    default = config.get('database', 'language', default='en')
+    codes = {
+        c.replace('_', '-'): c for c in Lang.get_translatable_languages()}
+    language = codes.get(request.accept_languages.best_match(codes), default)
+    with Transaction().set_context(language=language):
+        _, content, _, _ = Unsubscribe.execute([], {'action': 'invalid'})
+    return Response(content, status=status, mimetype='text/html', headers={
             'Cache-Control': 'no-store',
             'X-Robots-Tag': 'noindex',
             })

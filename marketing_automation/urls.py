@@ -5,6 +5,8 @@ The routes (``routes.py``) are declared with the patterns of this module,
 and the emails and the tracked links build their URLs with its functions:
 
 - ``EMPTY_GIF``: the image that an open-tracking link redirects to;
+- ``EMPTY_PAGE``: the blank page that the trap link of the scanners
+  redirects to, so that the image keeps a redirect URL of its own;
 - ``TRACKED_LINK``: a tracked link, found by its token;
 - ``UNSUBSCRIBE``: the unsubscribe page of a recipient, found by the uuid
   of their record;
@@ -29,12 +31,13 @@ from trytond.url import http_host
 from . import mailing
 
 __all__ = [
-    'EMPTY_GIF', 'TRACKED_LINK', 'UNSUBSCRIBE', 'encode_database',
-    'decode_database', 'base', 'email_domain', 'database', 'empty_gif_url',
-    'tracked_link_url', 'unsubscribe_url', 'PREVIEW', 'TEST_UNSUBSCRIBE',
-    'preview_url', 'test_unsubscribe_url']
+    'EMPTY_GIF', 'EMPTY_PAGE', 'TRACKED_LINK', 'UNSUBSCRIBE',
+    'encode_database', 'decode_database', 'base', 'email_domain', 'database',
+    'empty_gif_url', 'empty_page_url', 'tracked_link_url', 'unsubscribe_url',
+    'PREVIEW', 'TEST_UNSUBSCRIBE', 'preview_url', 'test_unsubscribe_url']
 
 EMPTY_GIF = '/m/empty.gif'
+EMPTY_PAGE = '/m/empty.html'
 TRACKED_LINK = '/s/<marketing_database:database_name>/<token>'
 UNSUBSCRIBE = '/m/<marketing_database:database_name>/unsubscribe'
 PREVIEW = '/m/<marketing_database:database_name>/preview'
@@ -88,6 +91,10 @@ def database():
 
 def empty_gif_url(base):
     return base + EMPTY_GIF
+
+
+def empty_page_url(base):
+    return base + EMPTY_PAGE
 
 
 def tracked_link_url(base, database, token):

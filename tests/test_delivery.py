@@ -368,6 +368,31 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         self.run_crons()
         self.assertEqual(self.received(), expected)
 
+    def test_transport_replaced_as_tryton_tests_do(self):
+        """A test written for Tryton's own module replaces
+        send_message_transactional (and SMTPDataManager) of
+        marketing_automation.py: it gets every message, none leaves"""
+        from trytond.modules.marketing_automation import marketing_automation
+        scenario = self.start_scenario(self.create_parties('ann', 'bob'))
+        with patch.object(
+                marketing_automation, 'send_message_transactional'
+                ) as send, patch.object(
+                marketing_automation, 'SMTPDataManager') as datamanager:
+            self.run_crons()
+
+        self.assertEqual(self.received(), Counter())
+        messages = [c.args for c in send.call_args_list]
+        self.assertEqual(
+            sorted(m['To'].addresses[0].addr_spec for m, in messages),
+            [address('ann'), address('bob')])
+        for message, in messages:
+            self.assertIn("Read our news", message.get_body().get_content())
+        self.assertEqual(
+            {c.kwargs['datamanager'] for c in send.call_args_list},
+            {datamanager.return_value})
+        with inspecting():
+            self.assertSent(scenario, ['ann', 'bob'])
+
     def check_refused_temporarily(self, at):
         ann, bob, cid = self.create_parties('ann', 'bob', 'cid')
         scenario = self.start_scenario([ann, bob, cid])

@@ -767,6 +767,44 @@ class EmailTestCase(SendingTestMixin, TestCase):
         self.assertEqual(response.headers['Location'], GOODBYE)
         self.assertTrue(self.is_blocked(scenario, bob))
 
+    def test_unsubscribe_mangled_link(self):
+        """A mangled unsubscribe link gets the module's page, in the language
+        the browser asks for, with its 4xx status, and changes nothing"""
+        scenario, (ann,), (mail,) = self.send_welcome(
+            ("Ann", 'ann@example.com'))
+        url = mail.link("Unsubscribe")
+        query = parse_qs(urlsplit(url).query)
+        path = urlsplit(url).path
+        cut = f"{path}?r={query['r'][0][:20]}"
+        unknown = f"{path}?r={uuid.uuid4().hex}"
+        with inspecting():
+            with Transaction().set_context(language='fr'):
+                french = gettext(
+                    'marketing_automation.msg_unsubscribe_invalid')
+        english = message('msg_unsubscribe_invalid')
+        self.assertNotEqual(french, english)
+
+        before = self.snapshot()
+        for link, status in [(cut, 400), (unknown, 404), (path, 400)]:
+            for method in ['GET', 'POST']:
+                with self.subTest(link=link, method=method):
+                    response = self.client.open(
+                        link, method=method,
+                        headers={'Accept-Language': 'fr-BE,fr;q=0.9'})
+                    self.assertEqual(response.status_code, status)
+                    self.assertEqual(response.mimetype, 'text/html')
+                    self.assertIn(french, page_text(response))
+                    self.assertNotIn('form', response.get_data(as_text=True))
+        response = self.client.get(cut)
+        self.assertEqual(response.status_code, 400)
+        self.assertIn(english, page_text(response))
+        response = self.client.get(
+            cut, headers={'Accept-Language': 'xx, *;q=0.1'})
+        self.assertIn(english, page_text(response))
+        self.assertEqual(self.client.head(cut).status_code, 400)
+        self.assertEqual(self.snapshot(), before)
+        self.assertFalse(self.is_blocked(scenario, ann))
+
     def test_unsubscribe_confirmation_restored(self):
         "Without the option, a GET changes nothing"
         scenario, (ann,), (mail,) = self.send_welcome(

@@ -7,7 +7,13 @@ included) within a second of the delivery, Apple's privacy proxy fetching
 the image, and a person who clicks minutes later.  The clock of the event
 ledger is moved, never slept.  The tests show which children run.
 """
+import contextlib
 import datetime as dt
+import importlib.util
+import io
+import os
+import shlex
+import tempfile
 from unittest import mock
 
 import lxml.html
@@ -17,7 +23,7 @@ from trytond.tests.test_tryton import (
     DB_NAME, USER, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
 
-from .test_email import Mail, inspecting
+from .test_email import BASE, Mail, inspecting
 from .test_reporting import reporting
 from .tools import (
     BROWSER, SendingTestMixin, committed, decide_events, event_clock,
@@ -34,6 +40,17 @@ class Received(Mail):
     @property
     def document(self):
         return lxml.html.document_fromstring(self.html)
+
+
+def demo_links():
+    "The module demo/links.py, which lists the links of a saved email"
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        'demo', 'links.py')
+    spec = importlib.util.spec_from_file_location('demo_links', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 SECONDS = dt.timedelta(seconds=1)
@@ -169,6 +186,97 @@ class EventsTestCase(SendingTestMixin, TestCase):
         self.assertNotIn(trap.get('href'), mail.text)
         self.assertEqual(
             [t for _, t in mail.links if t], ["First", "Second"])
+
+    def test_trap_link_leads_to_a_blank_page(self):
+        """The trap link leads to a blank page of its own, not to the image:
+        Tryton's own module finds the image of an email by its redirect URL
+        ending in /m/empty.gif, and finds one"""
+        mail = self.send("Ann")
+        trap, = [
+            a.get('href') for a in mail.document.iter('a')
+            if a.get('aria-hidden') == 'true']
+        with inspecting():
+            ShortenedURL = Pool().get('web.shortened_url')
+            offer = self.entry("Offer")
+            images = ShortenedURL.search([
+                    ('record', '=', str(offer)),
+                    ('redirect_url', 'like', '%/m/empty.gif'),
+                    ])
+            self.assertEqual(
+                [u.method for u in images],
+                ['marketing.automation.record.activity|on_email_opened'])
+
+        response = self.request(trap)
+        self.assertEqual(response.status_code, 302)
+        self.assertEqual(
+            response.headers['Location'], BASE + '/m/empty.html')
+        self.assertIn('no-store', response.headers['Cache-Control'])
+        page = self.client.get(response.headers['Location'])
+        self.assertEqual(page.status_code, 200)
+        self.assertEqual(page.mimetype, 'text/html')
+        self.assertIn('no-store', page.headers['Cache-Control'])
+        self.assertEqual(
+            lxml.html.document_fromstring(page.data).text_content(), '')
+        # the ledger still takes the request for a machine's
+        decide_events()
+        with inspecting():
+            self.assertEqual(self.events(), [('trap', 'machine', 'trap')])
+
+    def test_ledger_shows_where_a_click_leads(self):
+        """The ledger shows the address of the link clicked, and no address
+        for the image nor the trap link"""
+        mail = self.send("Ida")
+        trap, = [
+            a.get('href') for a in mail.document.iter('a')
+            if a.get('aria-hidden') == 'true']
+        for url in [mail.pixel, mail.link("Second"), trap]:
+            self.request(url, after=5 * MINUTES)
+        with inspecting():
+            Event = Pool().get('marketing.automation.event')
+            events = Event.search(
+                [('record_activity', '=', self.entry("Offer").id)],
+                order=[('id', 'ASC')])
+            self.assertEqual([(e.kind, e.link) for e in events], [
+                    ('open', None),
+                    ('click', 'https://shop.example.com/b'),
+                    ('trap', None)])
+            self.assertEqual(Event.search([
+                        ('record_activity', '=', self.entry("Offer").id),
+                        ('link', 'like', '%/b'),
+                        ]), events[1:2])
+
+    def test_demo_curl_click_counts(self):
+        """The curl command that the demo prints for a link, run minutes
+        after the delivery, counts a click; with curl's own User-Agent it
+        would be a machine's"""
+        links = demo_links()
+        mail = self.send("Hal", [CLICKED])
+        with tempfile.NamedTemporaryFile(suffix='.eml') as file:
+            file.write(mail.raw)
+            file.flush()
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                links.show(file.name)
+        lines = output.getvalue().splitlines()
+        command = shlex.split(
+            lines[lines.index('  link "First" (a click, which counts as an '
+                    'open too):') + 1])
+        self.assertEqual(command[0], 'curl')
+        self.assertEqual(command[-1], mail.link("First"))
+        user_agent = command[command.index('-A') + 1]
+
+        self.request(command[-1], user_agent=user_agent, after=5 * MINUTES)
+        decide_events()
+        with inspecting():
+            self.assertEqual(self.events(), [('click', 'human', 'no_sign')])
+            self.assertTrue(self.entry("Offer").email_clicked)
+
+        self.request(
+            mail.link("Second"), user_agent='curl/8.5.0', after=6 * MINUTES)
+        decide_events()
+        with inspecting():
+            self.assertEqual(
+                self.events()[-1][:2], ('click', 'machine'))
 
     def test_scanner_then_person(self):
         """A gateway scans every link at delivery: nothing follows; the

@@ -179,18 +179,53 @@ class CheckTestCase(unittest.TestCase):
         mailing.check_title("Hello ${record.rec_name}")
         mailing.check_body("<p>Hello ${record.rec_name}</p>")
 
+    def assertPointsAt(self, check, source, line, column, marker):
+        """Assert that the error of source is at line and column (from 1)
+        of what the marketer wrote, where marker starts"""
+        with self.assertRaises(mailing.TemplateError) as raised:
+            check(source)
+        self.assertRegex(
+            str(raised.exception), rf"\bline {line}, column {column}\b")
+        start = source.split('\n')[line - 1][column - 1:]
+        self.assertTrue(start.startswith(marker), msg=start)
+
     def test_invalid_title(self):
-        with self.assertRaisesRegex(mailing.TemplateError, r"\(line 1\)$"):
-            mailing.check_title("Hello ${record.rec_name(}")
+        self.assertPointsAt(mailing.check_title,
+            "Hello ${record.rec_name(}", 1, 9, "record.rec_name(")
+
+    def test_invalid_directive_in_title(self):
+        "Genshi counts a line too many for each piece of a text template"
+        self.assertPointsAt(mailing.check_title,
+            "{% for r in records %}${r}{% end %}\nand {% for r %}x{% end %}",
+            2, 5, "{% for r %}")
 
     def test_invalid_body(self):
-        with self.assertRaisesRegex(
-                mailing.TemplateError, "mismatched tag.*line 2"):
-            mailing.check_body("<p>\nHello <b>${name}</p>")
+        self.assertPointsAt(mailing.check_body,
+            "<p>\nHello <b>${name}</p>", 2, 19, "p>")
+
+    def test_one_line_body(self):
+        """The error of a one-line body points into it, not into the
+        element that wraps it on the same line"""
+        self.assertPointsAt(mailing.check_body,
+            '<p>Hello <b>${record.name}</p>', 1, 29, "p>")
+        self.assertPointsAt(mailing.check_body,
+            '<p>Fish &amp chips</p>', 1, 13, " chips")
+
+    def test_element_left_open(self):
+        "An element that is not closed is reported at the end of the body"
+        self.assertPointsAt(mailing.check_body,
+            '<p>Hello\n<b>${record.name}</b>', 2, 22, "")
+
+    def test_whole_document(self):
+        self.assertPointsAt(mailing.check_body,
+            '<html><body><p>Hello</b></p></body></html>', 1, 23, "b>")
 
     def test_invalid_expression_in_body(self):
-        with self.assertRaisesRegex(mailing.TemplateError, r"\(line 2\)$"):
-            mailing.check_body("<p>\n<b>${name(}</b></p>")
+        self.assertPointsAt(mailing.check_body,
+            "<p>\n<b>${name(}</b></p>", 2, 6, "name(")
+        self.assertPointsAt(mailing.check_body,
+            '<p>Hello</p><p py:if="record.active and">x</p>', 1, 23,
+            "record.active and")
 
     def test_private_attribute_refused(self):
         for check, source in [

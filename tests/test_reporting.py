@@ -191,6 +191,28 @@ class ReportingTestCase(TestCase):
             email_click_through_rate=1)
 
     @with_transaction()
+    def test_graphs_in_percent(self):
+        """The graphs of the rates show percents, as the forms and the lists
+        do, not fractions of one"""
+        pool = Pool()
+        Reporting = pool.get('marketing.automation.reporting.activity')
+        ModelData = pool.get('ir.model.data')
+        activity = self.email_activity()
+        create_entries(activity, sent(clicked=True), sent(), sent())
+
+        self.assertRow(only(reporting('activity')),
+            email_open_rate_percent=33, email_click_rate_percent=33,
+            email_click_through_rate_percent=100)
+        self.assertRow(only(reporting('scenario')),
+            block_rate_percent=0, conversion_rate_percent=0)
+        graph = Reporting.fields_view_get(view_id=ModelData.get_id(
+                'marketing_automation', 'reporting_activity_view_graph_rate'))
+        for name in ['email_open_rate', 'email_click_rate',
+                'email_click_through_rate']:
+            self.assertIn(f'"{name}_percent"', graph['arch'])
+            self.assertNotIn(f'"{name}"', graph['arch'])
+
+    @with_transaction()
     def test_sort_by_rates(self):
         "The reporting lists sort by their rates, computed by the database"
         Reporting = Pool().get('marketing.automation.reporting.activity')

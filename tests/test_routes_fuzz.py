@@ -2,11 +2,11 @@
 """The routes of the module under requests nobody meant to send.
 
 A recipient's mail client, a link scanner or a stranger reach the routes of
-every database of the server: ``/m/empty.gif``, the tracked links
-``/s/<database>/<token>``, the unsubscribe page ``/m/<database>/unsubscribe``
-and web_shortener's ``/s/<database>$<id>``, whose links of this module are
-kept out of reach.  Whatever they send, the answer is never a 5xx, and a
-request without a valid token changes nothing.
+every database of the server: ``/m/empty.gif``, ``/m/empty.html``, the
+tracked links ``/s/<database>/<token>``, the unsubscribe page
+``/m/<database>/unsubscribe`` and web_shortener's ``/s/<database>$<id>``,
+whose links of this module are kept out of reach.  Whatever they send, the
+answer is never a 5xx, and a request without a valid token changes nothing.
 
 The fuzz is bounded and repeatable: a fixed seed draws 3,000 requests
 without a valid token (random methods, mutated and random database names,
@@ -139,6 +139,7 @@ class Fuzz:
             return self.choice([
                     '/m/empty.gif', '/m/empty.gif/', '/m/EMPTY.GIF',
                     '/m/empty.gif%00', '/m//empty.gif', '/m/empty.gif.php',
+                    '/m/empty.html', '/m/empty.html/', '/m/empty.html%00',
                     '/m/', '/s/', '/s/' + database, '/m/' + database])
         if route < 4:
             token = token or self.junk(*self.valid['tokens'])

@@ -60,9 +60,10 @@ CHROMIUM_FLAGS = [
     '--headless', '--no-sandbox', '--disable-gpu',
     '--disable-background-networking', '--no-first-run', '--disable-sync',
     '--disable-component-update', '--disable-dev-shm-usage',
-    '--window-size=1920,1080', '--lang=en-US',
+    '--window-size=1280,800', '--lang=en-US',
     ]
-WINDOW = (1920, 1080)
+# a laptop's screen: the forms must fit it without scrolling sideways
+WINDOW = (1280, 800)
 DATABASE = 'browser'
 MARKETER = 'marketer'
 # trytond asks for 8 characters, most of them different
@@ -413,7 +414,12 @@ def start_browser(profile, log, home):
             CHROME_LOG_FILE=os.path.join(home, 'chromium.log')),
         popen_kw={'start_new_session': True})
     driver = webdriver.Chrome(service=service, options=options)
+    # the page gets WINDOW: the window's frame comes on top
     driver.set_window_size(*WINDOW)
+    inner = driver.execute_script(
+        'return [window.innerWidth, window.innerHeight]')
+    driver.set_window_size(*(
+            2 * size - shown for size, shown in zip(WINDOW, inner)))
     return driver
 
 
@@ -468,11 +474,78 @@ const texts = selector => Array.from(graph.querySelectorAll(selector))
 return {
     legend: texts('.bb-legend-item text'),
     x: texts('.bb-axis-x .tick text'),
+    y: texts('.bb-axis-y .tick text'),
     bars: Array.from(graph.querySelectorAll('path.bb-bar'))
         .map(p => p.getBBox().height),
     points: graph.querySelectorAll('.bb-circles circle').length,
     lines: graph.querySelectorAll('path.bb-line').length,
 };
+'''
+
+# What of a form goes past the right edge of its tab or dialog, or makes a
+# part of it scroll sideways: a list of descriptions, empty when it fits.
+# The content of a part that scrolls or clips is not looked into further.
+OVERFLOW = '''
+const root = arguments[0];
+const right = root.getBoundingClientRect().right;
+const found = [];
+const describe = e => {
+    let text = e.tagName.toLowerCase();
+    if (typeof e.className == 'string' && e.className.trim()) {
+        text += '.' + e.className.trim().split(/\\s+/).join('.');
+    }
+    const label = (e.innerText || '').trim().split('\\n')[0].slice(0, 40);
+    return label ? `${text} "${label}"` : text;
+};
+// what sticks out of a part that scrolls, by how much, and the widest: the
+// handles that resize the columns of a list do not count, the client lets
+// the last one stick out when the list was drawn on a hidden page
+const overhang = element => {
+    const edge = element.getBoundingClientRect().right;
+    let most = 0, widest = null;
+    for (const e of element.querySelectorAll('*')) {
+        if (e.closest('.resizer') || !e.getClientRects().length) {
+            continue;
+        }
+        const beyond = e.getBoundingClientRect().right - edge;
+        if (beyond > most) {
+            most = beyond;
+            widest = e;
+        }
+    }
+    return [Math.round(most), widest];
+};
+const page = document.scrollingElement;
+if (page.scrollWidth > page.clientWidth + 1) {
+    found.push(`the page scrolls sideways by `
+        + `${page.scrollWidth - page.clientWidth}px`);
+}
+const look = (element, limit) => {
+    for (const child of element.children) {
+        const style = getComputedStyle(child);
+        if (!child.getClientRects().length || style.visibility == 'hidden') {
+            continue;
+        }
+        const box = child.getBoundingClientRect();
+        // a row of Bootstrap's grid, and what it holds, reach into the
+        // gutter of its parent
+        const end = limit + (child.classList.contains('row') ? 15 : 0);
+        if (box.width > 0 && box.right > end + 1) {
+            found.push(`${describe(child)} ends `
+                + `${Math.round(box.right - right)}px past the right edge`);
+        } else if (['auto', 'scroll'].includes(style.overflowX)
+                && child.scrollWidth > child.clientWidth + 1
+                && overhang(child)[0] > 1) {
+            const [beyond, widest] = overhang(child);
+            found.push(`${describe(child)} scrolls sideways by `
+                + `${beyond}px (widest: ${describe(widest)})`);
+        } else if (!['hidden', 'clip'].includes(style.overflowX)) {
+            look(child, end);
+        }
+    }
+};
+look(root, right);
+return found;
 '''
 
 
@@ -743,6 +816,25 @@ class Client:
         self.until(lambda: title in self.tab_title(),
             f'the tab "{title}" is not shown')
 
+    def tab_domain(self, name):
+        "The tab of the list of the tab shown whose name starts with name"
+        return self.until(lambda: self.visible(
+                a for a in self.by_css(
+                    self.tab(), '.tab-domain ul.nav-tabs > li > a')
+                if a.text.strip().startswith(name)),
+            f'no tab "{name}" above the list')
+
+    def overflow(self, root=None):
+        "What of root goes past its right edge or scrolls sideways"
+        self.idle()
+        return self.driver.execute_script(OVERFLOW, self.root(root))
+
+    def pages(self, root=None):
+        "The names of the pages of the notebooks shown in root"
+        return [a.text.strip() for a in self.by_css(
+                self.root(root), '.form-notebook > ul.nav-tabs > li > a')
+            if a.is_displayed() and a.text.strip()]
+
     def graph(self, root=None):
         "What the graph of root shows, once it has drawn something"
         graph = self.until(lambda: self.visible(
@@ -769,6 +861,8 @@ class Steps:
         self.activity_dialog = self.wizard = None
         self.screenshots = []
         self.console = []
+        # what does not fit the window, of every form looked at
+        self.overflows = []
 
     def screenshot(self, name):
         path = os.path.join(self.artifacts, name)
@@ -829,7 +923,7 @@ class Steps:
             c.until(lambda: c.dialog() is None, "the wizard stays")
 
     def step_open_scenarios(self):
-        "open Marketing > Scenarios"
+        "open Marketing > Scenarios, on the tab of all the scenarios"
         c = self.client
         c.menu('Marketing', 'Scenarios')
         c.until(lambda: '/model/marketing.automation.scenario'
@@ -837,7 +931,27 @@ class Steps:
         c.until(lambda: 'Scenarios' in c.tab_title(),
             "the tab is not the scenarios'")
         c.idle()
+        tabs = [a.text.strip() for a in c.by_css(
+                c.tab(), '.tab-domain ul.nav-tabs > li > a')]
+        active = [a.text.strip() for a in c.by_css(
+                c.tab(), '.tab-domain ul.nav-tabs > li.active > a')]
+        self.check(tabs[:1] == ['All'] and active == ['All'],
+            f"the scenarios open on the tab {active} of {tabs}, not on All")
         self.check(c.rows() == [], f"scenarios already exist: {c.rows()}")
+
+    def preview_hint(self, dialog):
+        """The hint shown under the greyed-out Preview button of the activity
+        of dialog, None when the button works and says nothing"""
+        c = self.client
+        button = c.visible(c.by_xpath(
+                dialog, f'.//button[{text_is("Preview")}]'))
+        self.check(button, "no Preview button")
+        hint = c.visible(c.by_xpath(
+                dialog, './/label[contains(normalize-space(), '
+                '"Save the scenario to preview")]'))
+        if button.is_enabled():
+            return None if not hint else hint.text
+        return hint.text if hint else ''
 
     def step_create_scenario(self):
         "create a scenario with a root activity that sends an email; save"
@@ -860,6 +974,10 @@ class Steps:
         c.page('Email', dialog)
         c.type('Email Title', WELCOME_TITLE, dialog)
         c.type('Email Template', WELCOME_TEMPLATE, dialog)
+        # the preview reads the saved activity: its button says why it waits
+        self.check(self.preview_hint(dialog),
+            "a new activity does not say why its preview is greyed out")
+        self.fits('the form of a new activity', dialog)
         c.dialog_button('Add').click()
         c.until(lambda: c.dialog() is None, "the dialog stays open")
         c.row(WELCOME)
@@ -956,6 +1074,8 @@ class Steps:
         activity = c.until(c.dialog, "no dialog for the activity")
         self.activity_dialog = activity
         c.page('Email', activity)
+        self.check(self.preview_hint(activity) is None,
+            "a saved activity says that its preview is greyed out")
         c.button('Preview', activity).click()
         wizard = c.until(lambda: (lambda d: d if d != activity else None)(
                 c.dialog()), "the preview does not open")
@@ -978,6 +1098,8 @@ class Steps:
         self.check('our shop (https://example.com/shop)' in text,
             f"the plain text does not link the shop: {text!r}")
         self.screenshot('preview-wizard.png')
+        self.fits('the preview wizard', wizard)
+        c.page('Plain Text', wizard)
 
         main = self.driver.current_window_handle
         before = set(self.driver.window_handles)
@@ -1090,18 +1212,18 @@ class Steps:
             if rows.get(WELCOME, {}).get('Records') == str(len(PARTIES)):
                 return rows
         rows = c.until(counted, "the activity tree shows no records")
+        # the counts of opens and clicks are optional columns, hidden: the
+        # rates are shown, and the tree fits the form
         expected = {
             WELCOME: {
                 'Records': str(len(PARTIES)),
-                'Emails Opened': str(len(CLICKERS)),
-                'Emails Clicked': str(len(CLICKERS)),
-                'Email Open Rate': percent(len(CLICKERS), WITH_EMAIL),
-                'Email Click Rate': percent(len(CLICKERS), WITH_EMAIL),
+                'Open Rate': percent(len(CLICKERS), WITH_EMAIL),
+                'Click Rate': percent(len(CLICKERS), WITH_EMAIL),
                 },
             THANKS: {
                 'Records': str(len(CLICKERS)),
-                'Emails Opened': '0',
-                'Emails Clicked': '0',
+                'Open Rate': percent(0, len(CLICKERS)),
+                'Click Rate': percent(0, len(CLICKERS)),
                 },
             }
         if 'Emails Sent' in rows[WELCOME]:
@@ -1190,11 +1312,18 @@ class Steps:
 
         c.toolbar('Switch').click()
         c.idle()
-        graph = c.until(lambda: (lambda g: g if 'Email Open Rate'
-                in g['legend'] else False)(c.graph()),
-            "the rates graph is not shown")
+        legend = [
+            'Email Open Rate (%)', 'Email Click Rate (%)',
+            'Email Click-Through Rate (%)']
+        graph = c.until(lambda: (lambda g: g if g['legend'] == legend
+                else False)(c.graph()),
+            f"the rates graph is not shown with the legend {legend}")
         self.check(graph['lines'] == 3 and graph['points'] == 3,
             f"the rates graph has not 3 lines of a point: {graph}")
+        # in percent, as the lists show them: 50 and 100, not 0.5 and 1
+        top = max(float(t.replace(',', '')) for t in graph['y'] if t)
+        self.check(100 <= top <= 110,
+            f"the axis of the rates graph runs to {top}, not to 100")
         self.screenshot('activity-reporting-rates.png')
 
     def step_reporting_menu(self):
@@ -1225,6 +1354,90 @@ class Steps:
             shown = {k: rows[name].get(k) for k in values}
             self.check(shown == values,
                 f"the row {name!r} shows {shown}, not {values}")
+
+    def fits(self, what, root=None):
+        """Look at every page of the form of root: return what goes past
+        its right edge or scrolls sideways, each line prefixed by what"""
+        c = self.client
+        problems = []
+        for name in [None, *c.pages(root)]:
+            if name:
+                c.page(name, root)
+            found = c.overflow(root)
+            if found:
+                where = f'{what}, page {name}' if name else what
+                problems += [f'{where}: {p}' for p in found]
+                self.screenshot('overflow-%s.png' % re.sub(
+                        r'\W+', '-', where.lower()))
+        self.overflows.extend(problems)
+        return problems
+
+    def show_opened(self, name):
+        "Show the tab of the action name opened from a form"
+        c = self.client
+        title = c.until(lambda: next(
+                (t for t in c.tabs() if t.startswith(name)), None),
+            f'no tab "{name}" in {list(c.tabs())}')
+        c.show_tab(title)
+        c.idle()
+
+    def open_first_row(self):
+        "Show the first row of the list of the tab in the form"
+        c = self.client
+        # its last cell shown: the first may be a link to the record it
+        # shows
+        c.until(lambda: c.visible(reversed(c.by_css(
+                        c.tab(), 'table.tree > tbody > tr:first-child > td'))),
+            "the list is empty").click()
+        c.toolbar('Switch').click()
+        c.until(lambda: c.visible(c.by_css(c.tab(), 'div.form')),
+            "the form is not shown")
+        c.idle()
+
+    def step_forms_fit(self):
+        """the forms of a scenario, an activity, a record, a record activity
+        and an email event, and the list of the email events, fit the window
+        (1280 × 800) without scrolling sideways; the preview wizard and the
+        form of a new activity did too"""
+        c = self.client
+        size = self.driver.execute_script(
+            'return [window.innerWidth, window.innerHeight]')
+        self.check(size == list(WINDOW),
+            f"the window shows {size[0]} × {size[1]} pixels, not "
+            f"{WINDOW[0]} × {WINDOW[1]}")
+        c.show_tab('Marketing / Scenarios')
+        self.fits('the scenario form')
+        c.page('Activities')
+        c.open_row('Activities', WELCOME)
+        dialog = c.until(c.dialog, "no dialog for the activity")
+        self.fits('the activity form', dialog)
+        c.dialog_button('Discard changes').click()
+        c.until(lambda: c.dialog() is None, "the dialog stays open")
+
+        c.link('Records').click()
+        self.show_opened('Records')
+        self.open_first_row()
+        self.fits('the record form')
+        c.link('Record Activities').click()
+        self.show_opened('Record Activities')
+        c.tab_domain('All').click()
+        self.open_first_row()
+        self.fits('the record activity form')
+
+        c.menu('Marketing', 'Scenarios', 'Email Events')
+        c.show_tab('Marketing / Scenarios / Email Events')
+        c.idle()
+        self.fits('the list of the email events')
+        rows = c.rows()
+        self.check(
+            [(r.get('Kind'), r.get('Link')) for r in rows]
+            == [('Click', 'https://example.com/shop')] * len(CLICKERS),
+            f"the email events show {rows}")
+        self.open_first_row()
+        self.fits('the form of an email event')
+        self.check(not self.overflows,
+            "parts of the forms do not fit (see the screenshots "
+            "overflow-*.png):\n" + '\n'.join(self.overflows))
 
     def read_console(self):
         "Add what the browser's console got since the last call"
@@ -1288,7 +1501,7 @@ STEPS = [
     'site', 'browser', 'login', 'open_scenarios', 'create_scenario',
     'add_child', 'audience', 'preview', 'test_email', 'run', 'crons',
     'activity_tree', 'scenario_reporting', 'activity_reporting',
-    'reporting_menu', 'no_errors',
+    'reporting_menu', 'forms_fit', 'no_errors',
     ]
 
 
