@@ -52,7 +52,7 @@ from . import mailing, sandbox, urls
 from .exceptions import ActivityFault, TemplateError
 from .marketing_automation import (
     Entry, Outcome, _now, _round_rate, marketing_parties)
-from .tools import for_update, id_batches, queue, quick_commits
+from .tools import acting_user, for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
 
 logger = logging.getLogger(__name__)
@@ -203,6 +203,11 @@ class Activity(metaclass=PoolMeta):
                             'marketing_automation.' + message,
                             activity=self.rec_name,
                             exception=exception)) from exception
+
+    @classmethod
+    def _authored_fields(cls):
+        return super()._authored_fields() | {
+            'action', 'email_from', 'email_title', 'email_template'}
 
     def email_context(self, record):
         """The variables of the email templates for the record
@@ -631,8 +636,9 @@ class _Renderer:
         self.failures = []
         # Access is checked for a real user: the author of the activity
         # (root, who may read everything, lends the administrator's).
-        self.author = (
-            activity.create_uid.id if activity.create_uid else 0) or 1
+        self.author = acting_user(activity.author)
+        # and in the company of the scenario
+        self.author_context = activity.scenario.author_context(self.author)
         self.timeout = config.getfloat(
             'marketing', 'render_timeout', default=10) or None
         # the link that only scanners follow, for the event ledger
@@ -659,11 +665,12 @@ class _Renderer:
             raise
 
     def _context(self, record, language):
-        key = repr(sorted(record.marketing_access_context.items()))
+        access_context = {
+            **record.marketing_access_context, **self.author_context}
+        key = repr(sorted(access_context.items()))
         access = self.accesses.get(key)
         if access is None:
-            access = self.accesses[key] = sandbox.Access(
-                record.marketing_access_context)
+            access = self.accesses[key] = sandbox.Access(access_context)
         context = self.activity.email_context(record)
         context.setdefault('language', language)
         return access.context(context)

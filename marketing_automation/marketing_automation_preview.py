@@ -46,7 +46,7 @@ from trytond.pool import Pool, PoolMeta
 from trytond.pyson import Eval, PYSONEncoder
 from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
-from trytond.transaction import Transaction
+from trytond.transaction import Transaction, check_access
 from trytond.wizard import (
     Button, StateAction, StateTransition, StateView, Wizard)
 
@@ -778,7 +778,13 @@ class Scenario(metaclass=PoolMeta):
     def audience_conditions(self, table):
         """The SQL conditions on table, of the scenario's model, that a
         record is selected by the domain, is out of the scenario
-        (unsubscribed from it or blocked in it) and has an email address"""
+        (unsubscribed from it or blocked in it) and has an email address
+
+        The records are those that the author of the domain may search."""
+        with self.as_author():
+            return self._audience_conditions(table)
+
+    def _audience_conditions(self, table):
         pool = Pool()
         Model = pool.get(self.model)
         Record = pool.get('marketing.automation.record')
@@ -859,14 +865,23 @@ class Scenario(metaclass=PoolMeta):
 
     @classmethod
     def _audience_scenario(cls, Model):
-        "The scenario of the context on Model, None if there is none"
+        """The scenario of the context on Model, None if there is none or
+        if the user may not read it
+
+        The rights of the user are checked even where trytond does not
+        check them (in the searchers of fields): the scenario of another
+        company must tell nothing."""
         scenario_id = Transaction().context.get('marketing_scenario')
         if isinstance(scenario_id, int) and not isinstance(
                 scenario_id, bool):
-            scenarios = cls.search([
-                    ('id', '=', scenario_id),
-                    ('model', '=', Model.__name__),
-                    ], limit=1)
+            try:
+                with check_access():
+                    scenarios = cls.search([
+                            ('id', '=', scenario_id),
+                            ('model', '=', Model.__name__),
+                            ], limit=1)
+            except AccessError:
+                return None
             if scenarios:
                 return scenarios[0]
 
