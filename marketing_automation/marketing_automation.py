@@ -75,15 +75,29 @@ def _eval_environment():
 
 
 class _ConditionEnvironment(EvalEnvironment):
-    """A record as conditions read it: a field that the reader may not read
+    """A record as conditions read it, with the access rights of the user
+    of the transaction: a field (or a linked record) that they may not read
     is an error, not the default value that EvalEnvironment.get makes of
-    every error (a condition would tell the field's value by its result)"""
+    every error, or the result of the condition would tell it
+
+    The values are read as instances read them, unchecked: the fields are
+    checked here, and the record by whoever evaluates the condition."""
     __slots__ = ()
 
     def __getitem__(self, item):
+        FieldAccess = Pool().get('ir.model.field.access')
+        name = item.removeprefix('_parent_')
+        if name in self._model._fields:
+            FieldAccess.check(self._model.__name__, [name], 'read')
         value = super().__getitem__(item)
         if (isinstance(value, EvalEnvironment)
                 and not isinstance(value, _ConditionEnvironment)):
+            if value._record is not None and not readable_ids(
+                    value._model, [value._record.id]):
+                raise AccessError(gettext(
+                        'marketing_automation'
+                        '.msg_condition_record_refused',
+                        record=str(value._record)))
             value = _ConditionEnvironment(value._record, value._model)
         return value
 
@@ -1112,10 +1126,8 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
                 except AccessError as exception:
                     results.update(dict.fromkeys(instances, exception))
                     continue
-                # read again, as the author
-                read = {r.id: r for r in Model.browse(sorted(readable))}
                 for record in instances:
-                    if record.id not in read:
+                    if record.id not in readable:
                         results[record] = ConditionError(gettext(
                                 'marketing_automation'
                                 '.msg_record_activity_condition_refused',
@@ -1123,7 +1135,7 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
                         continue
                     try:
                         results[record] = _condition_holds(
-                            self.condition, read[record.id])
+                            self.condition, record)
                     except Exception as exception:
                         results[record] = exception
         return results

@@ -866,22 +866,23 @@ class Scenario(metaclass=PoolMeta):
     @classmethod
     def _audience_scenario(cls, Model):
         """The scenario of the context on Model, None if there is none or
-        if the user may not read it
+        if the record rules of the user hide it
 
-        The rights of the user are checked even where trytond does not
-        check them (in the searchers of fields): the scenario of another
-        company must tell nothing."""
+        The rules are applied even where trytond leaves them out (in the
+        searchers of fields): the scenario of another company must tell
+        nothing."""
+        pool = Pool()
+        Rule = pool.get('ir.rule')
         scenario_id = Transaction().context.get('marketing_scenario')
         if isinstance(scenario_id, int) and not isinstance(
                 scenario_id, bool):
-            try:
-                with check_access():
-                    scenarios = cls.search([
-                            ('id', '=', scenario_id),
-                            ('model', '=', Model.__name__),
-                            ], limit=1)
-            except AccessError:
-                return None
+            with check_access():
+                rules = Rule.domain_get(cls.__name__, mode='read')
+            scenarios = cls.search([
+                    ('id', '=', scenario_id),
+                    ('model', '=', Model.__name__),
+                    rules,
+                    ], limit=1)
             if scenarios:
                 return scenarios[0]
 

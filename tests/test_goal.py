@@ -23,7 +23,8 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 
 from .test_email import inspecting
-from .tools import SendingTestMixin, committed
+from .tools import (
+    SendingTestMixin, clicked_entry, committed, confirm_sale)
 
 LOGGER = 'trytond.modules.marketing_automation'
 BOUGHT = ['confirmed', 'processing', 'done']
@@ -339,58 +340,6 @@ class RevenueTestCase(TestCase):
         cls.addClassCleanup(drop_db)
         activate_module(['marketing_automation', 'sale'])
 
-    def clicked_entry(self, party, clicked, company):
-        """A done email entry of a new scenario of company for party,
-        clicked at clicked"""
-        pool = Pool()
-        Scenario = pool.get('marketing.automation.scenario')
-        Record = pool.get('marketing.automation.record')
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        scenario, = Scenario.create([{
-                    'name': "Spring",
-                    'company': company.id,
-                    'activities': [('create', [email("Offer")])],
-                    }])
-        record, = Record.create([{
-                    'scenario': scenario.id,
-                    'record': str(party),
-                    'uuid': uuid.uuid4().hex,
-                    }])
-        entry, = RecordActivity.create([{
-                    'record': record.id,
-                    'activity': scenario.activities[0].id,
-                    'state': 'done',
-                    'at': clicked,
-                    'email_sent': True,
-                    'email_clicked': True,
-                    }])
-        table = RecordActivity.__table__()
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*table.update(
-                [table.email_last_clicked], [clicked],
-                where=table.id == entry.id))
-        return scenario
-
-    def confirm_sale(self, company, party, amount, currency=None):
-        pool = Pool()
-        Sale = pool.get('sale.sale')
-        sale, = Sale.create([{
-                    'company': company.id,
-                    'currency': (currency or company.currency).id,
-                    'party': party.id,
-                    'invoice_address': party.addresses[0].id,
-                    'invoice_method': 'manual',
-                    'shipment_method': 'manual',
-                    'lines': [('create', [{
-                                    'description': "Chair",
-                                    'quantity': 1,
-                                    'unit_price': Decimal(amount),
-                                    }])],
-                    }])
-        Sale.quote([sale])
-        Sale.confirm([sale])
-        return sale
-
     @with_transaction()
     def test_companies(self):
         """The scenario of each company counts the sales of its company, in
@@ -408,14 +357,14 @@ class RevenueTestCase(TestCase):
         eu_company = create_company("EU Shop", currency=eur)
         ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
         clicked = dt.datetime.now() - dt.timedelta(days=1)
-        us_scenario = self.clicked_entry(ann, clicked, us_company)
-        eu_scenario = self.clicked_entry(ann, clicked, eu_company)
+        us_scenario = clicked_entry(ann, clicked, us_company)
+        eu_scenario = clicked_entry(ann, clicked, eu_company)
         with set_company(us_company):
-            self.confirm_sale(us_company, ann, '100.00')
+            confirm_sale(us_company, ann, '100.00')
         with set_company(eu_company):
             # 100 dollars are 200 euros
-            self.confirm_sale(eu_company, ann, '100.00', currency=usd)
-            self.confirm_sale(eu_company, ann, '30.00')
+            confirm_sale(eu_company, ann, '100.00', currency=usd)
+            confirm_sale(eu_company, ann, '30.00')
 
         for company in [us_company, eu_company]:
             with self.subTest(context=company.rec_name), \
@@ -509,9 +458,9 @@ class RevenueTestCase(TestCase):
             (reminder, now - dt.timedelta(hours=2),
                 now - dt.timedelta(hours=1)))
         with set_company(company):
-            ann_sale = self.confirm_sale(company, ann, '100.00')
-            bob_sale = self.confirm_sale(company, bob, '40.00')
-            cancelled = self.confirm_sale(company, bob, '60.00')
+            ann_sale = confirm_sale(company, ann, '100.00')
+            bob_sale = confirm_sale(company, bob, '40.00')
+            cancelled = confirm_sale(company, bob, '60.00')
         sale_table = Sale.__table__()
         cursor.execute(*sale_table.update(
                 [sale_table.state], ['cancelled'],
@@ -591,10 +540,10 @@ class RevenueTestCase(TestCase):
         company = create_company()
         gbp = create_currency('GBP')
         ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
-        scenario = self.clicked_entry(
+        scenario = clicked_entry(
             ann, dt.datetime.now() - dt.timedelta(hours=1), company)
         with set_company(company):
-            self.confirm_sale(company, ann, '50.00', currency=gbp)
+            confirm_sale(company, ann, '50.00', currency=gbp)
             scenario = Scenario(scenario.id)
             self.assertEqual(
                 (scenario.sale_count, scenario.revenue),
@@ -608,10 +557,10 @@ class RevenueTestCase(TestCase):
         Scenario = pool.get('marketing.automation.scenario')
         company = create_company()
         ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
-        scenario = self.clicked_entry(
+        scenario = clicked_entry(
             ann, dt.datetime.now() + dt.timedelta(hours=1), company)
         with set_company(company):
-            self.confirm_sale(company, ann, '50.00')
+            confirm_sale(company, ann, '50.00')
             self.assertEqual(Scenario(scenario.id).sale_count, 0)
 
     @with_transaction()
@@ -624,10 +573,10 @@ class RevenueTestCase(TestCase):
         Scenario = pool.get('marketing.automation.scenario')
         company = create_company()
         ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
-        scenario = self.clicked_entry(
+        scenario = clicked_entry(
             ann, dt.datetime.now() - dt.timedelta(hours=1), company)
         with set_company(company):
-            self.confirm_sale(company, ann, '50.00')
+            confirm_sale(company, ann, '50.00')
         table = Scenario.__table__()
         cursor = Transaction().connection.cursor()
         cursor.execute(*table.update(
