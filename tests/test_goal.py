@@ -23,8 +23,7 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 
 from .test_email import inspecting
-from .tools import (
-    SendingTestMixin, clicked_entry, committed, confirm_sale)
+from .tools import SendingTestMixin, clicked_entry, committed, confirm_sale
 
 LOGGER = 'trytond.modules.marketing_automation'
 BOUGHT = ['confirmed', 'processing', 'done']
