@@ -23,7 +23,8 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 
 from .test_email import inspecting
-from .tools import SendingTestMixin, clicked_entry, committed, confirm_sale
+from .tools import (
+    SendingTestMixin, clicked_entry, committed, confirm_sale, without_company)
 
 LOGGER = 'trytond.modules.marketing_automation'
 BOUGHT = ['confirmed', 'processing', 'done']
@@ -576,10 +577,7 @@ class RevenueTestCase(TestCase):
             ann, dt.datetime.now() - dt.timedelta(hours=1), company)
         with set_company(company):
             confirm_sale(company, ann, '50.00')
-        table = Scenario.__table__()
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*table.update(
-                [table.company], [None], where=table.id == scenario.id))
+        without_company([scenario.id])
         with set_company(company):
             scenario = Scenario(scenario.id)
             self.assertEqual(

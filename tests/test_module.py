@@ -1,11 +1,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The module with sales: the standard checks of a Tryton module, and
 scenarios whose records are sales, sent to the sale's party."""
+import logging
+
+from trytond import backend
 from trytond.modules.company.tests import create_company, set_company
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import ModuleTestCase, with_transaction
 from trytond.transaction import Transaction
+
+from .tools import without_company
 
 
 def create_sales(company, *parties):
@@ -131,8 +136,7 @@ class MarketingAutomationTestCase(ModuleTestCase):
             scenario = sale_scenario(unsubscribable=False)
 
         def update_without_company():
-            cursor.execute(*table.update(
-                    [table.company], [None], where=table.id == scenario.id))
+            without_company([scenario.id])
             Scenario.__register__('marketing_automation')
             cursor.execute(*table.select(
                     table.company, where=table.id == scenario.id))
@@ -141,7 +145,12 @@ class MarketingAutomationTestCase(ModuleTestCase):
 
         self.assertEqual(update_without_company(), company.id)
         create_company("Second Shop")
-        self.assertIsNone(update_without_company())
+        if backend.name == 'postgresql':
+            # trytond tells that the column cannot be NOT NULL yet
+            with self.assertLogs('trytond.backend', logging.WARNING):
+                self.assertIsNone(update_without_company())
+        else:
+            self.assertIsNone(update_without_company())
 
 
 del ModuleTestCase

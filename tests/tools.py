@@ -40,7 +40,7 @@ __all__ = [
     'Received', 'SMTPServer', 'override_config', 'committed', 'run_queue',
     'parse_message', 'html_links', 'SendingTestMixin', 'BROWSER',
     'event_clock', 'human_request', 'decide_events', 'clicked_entry',
-    'confirm_sale']
+    'confirm_sale', 'without_company']
 
 Received = namedtuple('Received', ['mail_from', 'rcpt_tos', 'data'])
 # the loopback server of the tests asks for a login without TLS on purpose
@@ -454,3 +454,14 @@ def confirm_sale(company, party, amount, currency=None, description=None):
     Sale.quote([sale])
     Sale.confirm([sale])
     return sale
+
+
+def without_company(scenario_ids):
+    """Take their company from the scenarios, as a database of Tryton's own
+    module has them (the column takes NULL again)"""
+    Scenario = Pool().get('marketing.automation.scenario')
+    table = Scenario.__table__()
+    cursor = Transaction().connection.cursor()
+    Scenario.__table_handler__().not_null_action('company', 'remove')
+    cursor.execute(*table.update(
+            [table.company], [None], where=table.id.in_(scenario_ids)))
