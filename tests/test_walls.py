@@ -293,6 +293,28 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
         self.assertEqual(
             self.mary_client.model('sale.sale', 'search_count', domain), 0)
 
+    def test_parties_by_sales_of_other_company(self):
+        """A domain on parties through their sales finds them by the sales
+        of the marketer's company alone, over RPC as in a scenario"""
+        ann, bob = self.create_parties("Ann", "Bob")
+        self.create_sales(
+            (self.company_b, ann, "Only at B"),
+            (self.company_a, bob, "Only at A"))
+        for description, found in [("Only at B", []), ("Only at A", [bob])]:
+            with self.subTest(sale=description):
+                domain = [
+                    ('id', 'in', [ann, bob]),
+                    ('marketing_sales', 'where', [
+                            ('description', '=', description)]),
+                    ]
+                self.assertEqual(self.mary_client.model(
+                        'party.party', 'search', domain), found)
+                scenario = self.mary_client.create_scenario({
+                        'name': "Buyers", 'domain': encode(domain)})
+                values, = self.mary_client.read(
+                    SCENARIO, [scenario], ['record_count'])
+                self.assertEqual(values['record_count'], len(found))
+
     def test_denied_field_not_guessed_by_count(self):
         """A domain on a field that the marketer may not read is refused on
         save, and a count of it is refused, never shown"""
