@@ -118,19 +118,32 @@ def _condition_holds(condition, record):
 
 def fields_read(condition):
     """The names of the fields of the record (self) that the PYSON
-    condition reads by name"""
+    condition reads by name: Eval('self.FIELD') and
+    Eval('self', {}).get('FIELD')"""
     names = set()
 
+    def pyson(value):
+        return value.pyson() if isinstance(value, PYSON) else value
+
+    def is_self(value):
+        value = pyson(value)
+        return (isinstance(value, dict) and value.get('__class__') == 'Eval'
+            and value.get('v') == 'self')
+
     def walk(value):
-        if isinstance(value, PYSON):
-            value = value.pyson()
+        value = pyson(value)
         if isinstance(value, dict):
-            name = value.get('v')
-            if value.get('__class__') == 'Eval' and isinstance(name, str):
+            kind, name = value.get('__class__'), value.get('v')
+            field = None
+            if kind == 'Eval' and isinstance(name, str):
                 base, _, path = name.partition('.')
                 if base == 'self' and path:
                     field = path.split('.', 1)[0]
-                    names.add(field.removeprefix('_parent_'))
+            elif (kind == 'Get' and is_self(name)
+                    and isinstance(value.get('k'), str)):
+                field = value['k']
+            if field:
+                names.add(field.removeprefix('_parent_'))
             for item in value.values():
                 walk(item)
         elif isinstance(value, (list, tuple)):

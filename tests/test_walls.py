@@ -364,16 +364,21 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
         from another"""
         ann, bob = self.create_parties("Ann", "Bob")
         guess = encode(Eval('self.code') == self.code("Ann"))
-        message = self.assertRefused(
-            self.mary_client.create_scenario, {
-                'name': "Guess",
-                'domain': encode([('id', 'in', [ann, bob])]),
-                'activities': [('create', [{
-                                **email("Hello", '<p>Hello</p>'),
-                                'condition': guess,
-                                }])],
-                })
-        self.assertIn("condition", message)
+        for condition in [
+                guess,
+                encode(Eval('self', {}).get('code') == self.code("Ann")),
+                ]:
+            with self.subTest(condition=condition):
+                message = self.assertRefused(
+                    self.mary_client.create_scenario, {
+                        'name': "Guess",
+                        'domain': encode([('id', 'in', [ann, bob])]),
+                        'activities': [('create', [{
+                                        **email("Hello", '<p>Hello</p>'),
+                                        'condition': condition,
+                                        }])],
+                        })
+                self.assertIn("condition", message)
 
         # saved before the checks existed, it fails for both
         scenario = self.mary_client.create_scenario({
