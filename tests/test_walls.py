@@ -216,6 +216,45 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
         self.assertEqual(kind, 'UserError')
         return message
 
+    # The rules
+
+    def test_scenario_of_other_company_hidden(self):
+        """A marketer of company A finds nothing of a scenario of company
+        B: neither the scenario nor its activities, records, entries,
+        reporting or logged emails; its administrator does"""
+        ann, = self.create_parties("Ann")
+        scenario = self.adam_client.create_scenario({
+                'name': "Spring at B",
+                'company': self.company_b,
+                'domain': encode([('id', '=', ann)]),
+                'activities': [('create', [email("Hello", '<p>Hi</p>')])],
+                }, run=True)
+        self.run_crons()
+        self.assertEqual(list(self.received()), [self.address("Ann")])
+        context = {'period': 'month'}
+        searches = [
+            (SCENARIO, [('id', '=', scenario)]),
+            (ACTIVITY, [('scenario', '=', scenario)]),
+            ('marketing.automation.record', [('scenario', '=', scenario)]),
+            ('marketing.automation.record.activity',
+                [('record.scenario', '=', scenario)]),
+            ('marketing.automation.reporting.scenario',
+                [('scenario', '=', scenario)]),
+            ('marketing.automation.reporting.activity',
+                [('activity.scenario', '=', scenario)]),
+            ('ir.email', [
+                    ('marketing_automation_activity.scenario', '=',
+                        scenario)]),
+            ]
+        for model, domain in searches:
+            with self.subTest(model=model):
+                self.assertEqual(self.mary_client.model(
+                        model, 'search_count', domain, context=context), 0)
+                self.assertEqual(self.adam_client.model(
+                        model, 'search_count', domain, context=context), 1)
+        self.assertRefused(
+            self.mary_client.read, SCENARIO, [scenario], ['name'])
+
     # Templates
 
     def test_rewritten_template_reads_as_its_author(self):
