@@ -57,6 +57,7 @@ setup(
         tryton_requirement('trytond_web_shortener'),
         ],
     extras_require={
+        'company': [tryton_requirement('trytond_company')],
         'sale': [tryton_requirement('trytond_sale')],
         'mjml': ['mrml'],
         'feedback': ['flufl.bounce >= 4'],

@@ -3,6 +3,21 @@ from sql import Literal, Null
 
 from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
+from trytond.transaction import Transaction
+
+from .mixin import MarketingAutomationMixin
+
+_NO_ACCESS = {'read': 0, 'write': 0, 'create': 0, 'delete': 0}
+_READ = {'read': 1, 'write': 0, 'create': 0, 'delete': 0}
+
+
+def is_marketer():
+    "Whether the user of the transaction is of the Marketing group"
+    pool = Pool()
+    User = pool.get('res.user')
+    ModelData = pool.get('ir.model.data')
+    return ModelData.get_id('marketing', 'group_marketing') in (
+        User.get_groups())
 
 
 def is_administrator():
@@ -38,15 +53,36 @@ class ModelFieldAccess(metaclass=PoolMeta):
 
     @classmethod
     def get_access(cls, models):
+        pool = Pool()
         accesses = super().get_access(models)
-        if 'web.shortened_url' in accesses and is_administrator():
-            # the tracking tokens: the administrators read them as the
-            # Marketing group does (trytond 8.2 lets them read any field)
-            accesses = dict(accesses)
-            accesses['web.shortened_url'] = {
-                **accesses['web.shortened_url'],
-                'token': {'read': 1, 'write': 0, 'create': 0, 'delete': 0},
-                }
+        if not Transaction().user:
+            return accesses
+        accesses = dict(accesses)
+        administrator = None
+        if 'web.shortened_url' in accesses:
+            administrator = is_administrator()
+            if administrator:
+                # the tracking tokens: the administrators read them as the
+                # Marketing group does (trytond 8.2 lets them read any
+                # field)
+                accesses['web.shortened_url'] = {
+                    **accesses['web.shortened_url'], 'token': _READ}
+        for model in accesses:
+            if not issubclass(pool.get(model), MarketingAutomationMixin):
+                continue
+            # who unsubscribed, who has no address: the marketers' and the
+            # administrators', as the tokens, on every model of the mixin,
+            # unless the field accesses of the model say otherwise
+            if administrator is None:
+                administrator = is_administrator()
+            if administrator:
+                audience = _READ
+            elif 'marketing_audience' in accesses[model]:
+                continue
+            else:
+                audience = _READ if is_marketer() else _NO_ACCESS
+            accesses[model] = {
+                **accesses[model], 'marketing_audience': audience}
         return accesses
 
 

@@ -22,11 +22,11 @@ import time
 import uuid
 from collections import defaultdict, namedtuple
 
-from sql import Cast, Literal, Null
+from sql import Cast, Literal, Null, Union, With
 from sql.aggregate import Count, Sum
-from sql.conditionals import Case
-from sql.functions import Function
-from sql.operators import Concat, Exists
+from sql.conditionals import Case, Coalesce, NullIf
+from sql.functions import Function, Substring
+from sql.operators import Concat, Exists, Like
 
 from trytond import backend
 from trytond.cache import Cache
@@ -34,8 +34,9 @@ from trytond.config import config
 from trytond.i18n import gettext
 from trytond.model import (
     EvalEnvironment, Index, ModelSQL, ModelView, Unique, Workflow, fields)
+from trytond.model.exceptions import AccessError
 from trytond.pool import Pool
-from trytond.pyson import Bool, Eval, If, PYSONDecoder
+from trytond.pyson import PYSON, Bool, Eval, If, PYSONDecoder
 # The tests written for Tryton's own module keep their emails from leaving by
 # replacing these two names of this file: the outbox honours them (see
 # marketing_automation_email.Email._smtp_server).
@@ -49,8 +50,8 @@ from .exceptions import (
     ActivityError, ActivityFault, ConditionError, DomainError)
 from .mixin import MarketingAutomationMixin
 from .tools import (
-    BROWSE_SIZE, batch_size, contained, for_update, none_of, queue, savepoint,
-    skip_conflicts)
+    BROWSE_SIZE, acting_as, acting_user, batch_size, contained, for_update,
+    none_of, queue, savepoint, skip_conflicts)
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,101 @@ def _eval_environment():
         }
 
 
+class _ConditionEnvironment(EvalEnvironment):
+    """A record as conditions read it, with the access rights of the user
+    of the transaction: a field (or a linked record) that they may not read
+    is an error, not the default value that EvalEnvironment.get makes of
+    every error, or the result of the condition would tell it
+
+    The values are read as instances read them, unchecked: the fields are
+    checked here, and the record by whoever evaluates the condition."""
+    __slots__ = ()
+
+    def __getitem__(self, item):
+        FieldAccess = Pool().get('ir.model.field.access')
+        name = item.removeprefix('_parent_')
+        if name in self._model._fields:
+            FieldAccess.check(self._model.__name__, [name], 'read')
+        value = super().__getitem__(item)
+        if (isinstance(value, EvalEnvironment)
+                and not isinstance(value, _ConditionEnvironment)):
+            if value._record is not None and not readable_ids(
+                    value._model, [value._record.id]):
+                raise AccessError(gettext(
+                        'marketing_automation'
+                        '.msg_condition_record_refused',
+                        record=str(value._record)))
+            value = _ConditionEnvironment(value._record, value._model)
+        return value
+
+    def get(self, item, default=None):
+        try:
+            return self[item]
+        except AccessError:
+            raise
+        except Exception:
+            return default
+
+
 def _condition_holds(condition, record):
     env = _eval_environment()
-    env['self'] = EvalEnvironment(record, record.__class__)
+    env['self'] = _ConditionEnvironment(record, record.__class__)
     return bool(PYSONDecoder(env).decode(condition))
+
+
+def fields_read(condition):
+    """The names of the fields of the record (self) that the PYSON
+    condition reads by name: Eval('self.FIELD') and
+    Eval('self', {}).get('FIELD')"""
+    names = set()
+
+    def pyson(value):
+        return value.pyson() if isinstance(value, PYSON) else value
+
+    def is_self(value):
+        value = pyson(value)
+        return (isinstance(value, dict) and value.get('__class__') == 'Eval'
+            and value.get('v') == 'self')
+
+    def walk(value):
+        value = pyson(value)
+        if isinstance(value, dict):
+            kind, name = value.get('__class__'), value.get('v')
+            field = None
+            if kind == 'Eval' and isinstance(name, str):
+                base, _, path = name.partition('.')
+                if base == 'self' and path:
+                    field = path.split('.', 1)[0]
+            elif (kind == 'Get' and is_self(name)
+                    and isinstance(value.get('k'), str)):
+                field = value['k']
+            if field:
+                names.add(field.removeprefix('_parent_'))
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+    walk(PYSONDecoder(noeval=True).decode(condition))
+    return names
+
+
+def readable_ids(Model, ids):
+    """The ids among ids of the records of Model that the user of the
+    transaction may read, by the access rights and the record rules, or
+    AccessError when they may read none of the model"""
+    pool = Pool()
+    ModelAccess = pool.get('ir.model.access')
+    Rule = pool.get('ir.rule')
+    ModelAccess.check(Model.__name__, 'read')
+    if not Rule.domain_get(Model.__name__, mode='read'):
+        return set(ids)
+    readable = set()
+    with Transaction().set_context(active_test=False):
+        for sub in grouped_slice(ids):
+            readable.update(map(int, Model.search(
+                        [('id', 'in', list(sub))], order=[])))
+    return readable
 
 
 def _round_rate(numerator, denominator):
@@ -215,7 +307,50 @@ class FaultMixin:
         return (now or _now()) < self.error_date + retry_delay()
 
 
-class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
+class AuthorMixin:
+    """What a marketer writes (a domain, a condition, a template) runs with
+    the rights of its author: the user who last wrote it
+
+    Not its creator: a marketer who rewrites what an administrator created
+    must not read with the administrator's rights.  Whoever writes one of
+    the fields of ``_authored_fields`` becomes the author; the field itself
+    cannot be written."""
+    __slots__ = ()
+
+    author = fields.Many2One(
+        'res.user', "Author", readonly=True, ondelete='RESTRICT',
+        help="The user who last wrote what runs on their behalf: it runs "
+        "with this user's access rights.")
+
+    @classmethod
+    def __register__(cls, module):
+        table_h = cls.__table_handler__(module)
+        authored = table_h.column_exist('author')
+        super().__register__(module)
+        if not authored:
+            # the rows written before: by their last writer (root writes
+            # for the administrator)
+            table = cls.__table__()
+            cursor = Transaction().connection.cursor()
+            cursor.execute(*table.update([table.author], [NullIf(
+                            Coalesce(table.write_uid, table.create_uid),
+                            0)]))
+
+    @classmethod
+    def _authored_fields(cls):
+        """The names of the fields that make their writer the author: what
+        runs on the author's behalf reads them"""
+        return {'author'}
+
+    @classmethod
+    def preprocess_values(cls, mode, values):
+        values = super().preprocess_values(mode, values)
+        if mode == 'create' or not cls._authored_fields().isdisjoint(values):
+            values['author'] = Transaction().user or None
+        return values
+
+
+class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
     __name__ = 'marketing.automation.scenario'
 
     _states = {
@@ -235,6 +370,15 @@ class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
         fields.Integer("Records"), 'get_record_count')
     record_count_blocked = fields.Function(
         fields.Integer("Records Blocked"), 'get_record_count')
+    audience_error = fields.Function(
+        fields.Text(
+            "Not Counted",
+            states={
+                'invisible': ~Eval('audience_error'),
+                },
+            help="Why the records of the domain cannot be counted with the "
+            "rights of its author."),
+        'get_audience_error')
     block_rate = fields.Function(
         fields.Float("Block Rate", digits=(1, 2)), 'get_rate')
     block_rate_trend = fields.Function(
@@ -309,6 +453,24 @@ class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
         return PYSONDecoder(_eval_environment()).decode(self.domain)
 
     @classmethod
+    def _authored_fields(cls):
+        return super()._authored_fields() | {'model', 'domain'}
+
+    def author_context(self, user_id):
+        """The context of the work done on the scenario for the user of
+        user_id (its author, or the author of one of its activities)
+
+        Override it to add to it: with the company module, the scenario's
+        company is the only one."""
+        return {}
+
+    def as_author(self):
+        """Run the block with the rights of the author of the scenario: its
+        domain, its goal and its counts select what the author may search"""
+        user_id = acting_user(self.author)
+        return acting_as(user_id, self.author_context(user_id))
+
+    @classmethod
     def validate_fields(cls, scenarios, field_names):
         super().validate_fields(scenarios, field_names)
         if field_names is None or field_names & {'domain', 'model'}:
@@ -325,7 +487,8 @@ class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
             Model = pool.get(self.model)
             _savepoint(cursor, 'marketing_domain')
             try:
-                Model.search(domain, limit=1, order=[])
+                with self.as_author():
+                    Model.search(domain, limit=1, order=[])
             except Exception:
                 _rollback_to(cursor, 'marketing_domain')
                 raise
@@ -365,12 +528,14 @@ class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
         return result
 
     def audience_count(self):
-        "How many records the domain selects now, None if it cannot tell"
+        """How many records the domain selects now among those its author
+        may read, None if it cannot tell (audience_error tells why)"""
         cursor = Transaction().connection.cursor()
         _savepoint(cursor, 'marketing_audience')
         try:
             Model = Pool().get(self.model)
-            count = Model.search(self.decoded_domain(), count=True)
+            with self.as_author():
+                count = Model.search(self.decoded_domain(), count=True)
         except Exception:
             # a domain that fails in the database must not break the
             # transaction of whoever reads the count
@@ -378,6 +543,28 @@ class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
             return None
         _release(cursor, 'marketing_audience')
         return count
+
+    def get_audience_error(self, name):
+        """Why the domain cannot select records with the rights of its
+        author: a model or a field they may not read
+
+        The query is made, not run: the rights are checked before."""
+        if self.state == 'stopped':
+            return None
+        try:
+            Model = Pool().get(self.model)
+            with self.as_author():
+                Model.search(self.decoded_domain(), order=[], query=True)
+        except Exception as exception:
+            return gettext(
+                'marketing_automation.msg_scenario_audience_refused',
+                scenario=self.rec_name, author=self.author_name(),
+                error=_describe(exception))
+
+    def author_name(self):
+        "The name of the user whose rights the scenario runs with"
+        User = Pool().get('res.user')
+        return User(acting_user(self.author)).rec_name
 
     @classmethod
     def get_rate(cls, scenarios, name):
@@ -477,7 +664,10 @@ class Scenario(FaultMixin, Workflow, ModelSQL, ModelView):
                     unsubscribed.select(
                         unsubscribed.party,
                         where=unsubscribed.scenario == self.id))]
-        candidates = Model.search(domain, order=[], query=True)
+        # only the records that the author may search: their record rules
+        # are in the query
+        with self.as_author():
+            candidates = Model.search(domain, order=[], query=True)
         candidates = candidates.select(candidates.id)
         reference = Concat(
             self.model + ',',
@@ -607,7 +797,7 @@ def _describe(exception):
     return '%s: %s' % (type(exception).__name__, message)
 
 
-class Activity(FaultMixin, ModelSQL, ModelView):
+class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
     """A node of the tree of a scenario, and the action it runs
 
     The actions plug in: another file of this module, or another module,
@@ -637,6 +827,11 @@ class Activity(FaultMixin, ModelSQL, ModelView):
             ], required=True)
     children = fields.One2Many(
         'marketing.automation.activity', 'parent', "Children")
+    # required: every activity has one, and __access__ wants it known
+    scenario = fields.Function(
+        fields.Many2One(
+            'marketing.automation.scenario', "Scenario", required=True),
+        'get_scenario', searcher='search_scenario')
     parent_action = fields.Function(
         fields.Selection('get_actions', "Parent Action"),
         'on_change_with_parent_action')
@@ -680,6 +875,8 @@ class Activity(FaultMixin, ModelSQL, ModelView):
         super().__setup__()
         t = cls.__table__()
         cls._sql_indexes.add(Index(t, (t.parent, Index.Equality())))
+        # the rights and the rules of the scenario are the activity's
+        cls.__access__.add('scenario')
         cls._buttons.update({
                 'resume': {
                     'invisible': ~Eval('error'),
@@ -780,12 +977,69 @@ class Activity(FaultMixin, ModelSQL, ModelView):
     def default_parent_action(cls):
         return None
 
-    @property
-    def scenario(self):
+    def get_scenario(self, name):
         parent = self.parent
         while isinstance(parent, Activity):
             parent = parent.parent
-        return parent
+        return parent.id if parent else None
+
+    @classmethod
+    def search_scenario(cls, name, clause):
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        _, operator, value = clause[:3]
+        nested = clause[0][len(name) + 1:]
+        if operator == 'where':
+            domain = value
+        elif nested:
+            domain = [(nested, *clause[1:])]
+        elif isinstance(value, str) or (
+                isinstance(value, (list, tuple))
+                and any(isinstance(v, str) for v in value)):
+            domain = [('rec_name', *clause[1:])]
+        else:
+            domain = [('id', *clause[1:])]
+        scenarios = Scenario.search(domain, order=[], query=True)
+        tree = cls.scenario_tree()
+        return [('id', 'in', tree.select(
+                    tree.activity, where=tree.scenario.in_(scenarios),
+                    with_=[tree]))]
+
+    @classmethod
+    def scenario_tree(cls):
+        """The recursive WITH query of every activity and its scenario
+        (columns activity and scenario), down the trees from their roots"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        root = cls.__table__()
+        child = cls.__table__()
+        database = Transaction().database
+        scenario_prefix = Scenario.__name__ + ','
+        activity_prefix = cls.__name__ + ','
+        tree = With('activity', 'scenario', recursive=True)
+        tree.query = Union(
+            root.select(
+                root.id,
+                Cast(Substring(root.parent, len(scenario_prefix) + 1),
+                    database.sql_type('INTEGER').base),
+                where=Like(root.parent, scenario_prefix + '%')),
+            child.join(tree, condition=child.parent == Concat(
+                    activity_prefix,
+                    Cast(tree.activity, database.sql_type('VARCHAR').base))
+                ).select(child.id, tree.scenario),
+            all_=True)
+        return tree
+
+    @classmethod
+    def _authored_fields(cls):
+        return super()._authored_fields() | {'condition'}
+
+    def as_author(self):
+        """Run the block with the rights of the author of the activity, in
+        the company of its scenario: its condition and its action read what
+        the author may read"""
+        user_id = acting_user(self.author)
+        return acting_as(user_id, self.scenario.author_context(user_id))
 
     @property
     def twins(self):
@@ -801,10 +1055,14 @@ class Activity(FaultMixin, ModelSQL, ModelView):
     @classmethod
     def validate_fields(cls, activities, field_names):
         super().validate_fields(activities, field_names)
+        authored = field_names is None or not cls._authored_fields(
+            ).isdisjoint(field_names)
         for activity in activities:
             activity.check_event()
             activity.check_delay()
             activity.check_condition()
+            if authored:
+                activity.check_condition_access()
             if activity.action:
                 check = getattr(activity, 'check_%s' % activity.action, None)
                 if check:
@@ -842,21 +1100,63 @@ class Activity(FaultMixin, ModelSQL, ModelView):
                     condition=self.condition, activity=self.rec_name,
                     exception=exception)) from exception
 
-    def condition_holds(self, record):
-        return not self.condition or _condition_holds(self.condition, record)
-
-    def may_hold(self, record):
-        """Whether the record may enter the activity: its condition holds,
-        or cannot be evaluated yet (the entry then waits and the condition
-        is evaluated again when it is due, with its error if it still
-        fails)"""
+    def check_condition_access(self):
+        """Refuse a condition that reads a field of the records that its
+        author may not read"""
+        pool = Pool()
+        ModelAccess = pool.get('ir.model.access')
+        FieldAccess = pool.get('ir.model.field.access')
+        if not self.condition:
+            return
+        model = self.scenario.model
+        Model = pool.get(model)
+        names = [n for n in fields_read(self.condition) if n in Model._fields]
         try:
-            return self.condition_holds(record)
-        except Exception:
-            logger.debug(
-                "condition of activity %s failed for %s", self.id, record,
-                exc_info=True)
-            return True
+            with self.as_author():
+                ModelAccess.check(model, 'read')
+                FieldAccess.check(model, names, 'read')
+        except AccessError as exception:
+            raise ConditionError(gettext(
+                    'marketing_automation.msg_activity_invalid_condition',
+                    condition=self.condition, activity=self.rec_name,
+                    exception=exception.message)) from exception
+
+    def conditions(self, records):
+        """Whether the condition holds for each of records (instances of
+        models), evaluated with the rights of the author of the activity:
+        {record: True, False or the exception that kept it from being
+        evaluated}
+
+        A record, or a field of it, that the author may not read is an
+        error, as it would be for them over RPC: the result of a condition
+        must not tell what they may not read.  The records are checked
+        once for all against the rules."""
+        if not self.condition:
+            return dict.fromkeys(records, True)
+        results = {}
+        by_model = defaultdict(list)
+        for record in records:
+            by_model[record.__class__].append(record)
+        with self.as_author():
+            for Model, instances in by_model.items():
+                try:
+                    readable = readable_ids(Model, [r.id for r in instances])
+                except AccessError as exception:
+                    results.update(dict.fromkeys(instances, exception))
+                    continue
+                for record in instances:
+                    if record.id not in readable:
+                        results[record] = ConditionError(gettext(
+                                'marketing_automation'
+                                '.msg_record_activity_condition_refused',
+                                activity=self.rec_name))
+                        continue
+                    try:
+                        results[record] = _condition_holds(
+                            self.condition, record)
+                    except Exception as exception:
+                        results[record] = exception
+        return results
 
     def advance(self, entries):
         """Advance the due entries through the activity: evaluate its
@@ -892,11 +1192,11 @@ class Activity(FaultMixin, ModelSQL, ModelView):
         the batch (and there are several): the condition is wrong, not the
         records."""
         todo, errors, failures = [], {}, {}
+        holds_for = self.conditions(list(underlying.values()))
         for entry_id, record in underlying.items():
-            try:
-                holds = self.condition_holds(record)
-            except Exception as exception:
-                failures[entry_id] = _describe(exception)
+            holds = holds_for[record]
+            if isinstance(holds, Exception):
+                failures[entry_id] = _describe(holds)
                 continue
             if holds:
                 todo.append(entry_id)
@@ -1019,6 +1319,7 @@ class Record(ModelSQL, ModelView):
             ('uuid_unique', Unique(t, t.uuid),
                 'marketing_automation.msg_record_uuid_unique'),
             ]
+        cls.__access__.add('scenario')
         cls._buttons.update({
                 'block': {
                     'invisible': Eval('blocked', False),
@@ -1142,6 +1443,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ('activity_record_unique', Unique(t, t.activity, t.record),
                 'marketing_automation.msg_activity_record_unique'),
             ]
+        # one way to the scenario: the rules of two would be OR-ed
+        cls.__access__.add('record')
         cls._sql_indexes.update({
                 Index(t, (t.record, Index.Equality())),
                 Index(t,
@@ -1215,11 +1518,15 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             else:
                 at = now + (activity.delay or datetime.timedelta())
             if activity.condition:
+                # a condition that cannot be evaluated yet lets the record
+                # wait: it is evaluated again when the entry is due, and
+                # fails then with its error
+                holds_for = activity.conditions([i for _, i in records])
                 rows = [
                     [transaction.user, now, record_id, activity.id,
                         'waiting', at, *new_values.values()]
                     for record_id, instance in records
-                    if activity.may_hold(instance)]
+                    if holds_for[instance] is not False]
                 for sub in grouped_slice(rows, batch_size()):
                     cursor.execute(*table.insert(
                             columns, list(sub), on_conflict=on_conflict))

@@ -205,6 +205,11 @@ class Activity(metaclass=PoolMeta):
                             activity=self.rec_name,
                             exception=exception)) from exception
 
+    @classmethod
+    def _authored_fields(cls):
+        return super()._authored_fields() | {
+            'action', 'email_from', 'email_title', 'email_template'}
+
     def email_context(self, record):
         """The variables of the email templates for the record
 

@@ -84,6 +84,10 @@ class Scenario(metaclass=PoolMeta):
             for scenario in scenarios:
                 scenario.check_goal()
 
+    @classmethod
+    def _authored_fields(cls):
+        return super()._authored_fields() | {'goal'}
+
     def decoded_goal(self, entry_date):
         """The goal as a domain for the records that entered the scenario
         on entry_date"""
@@ -100,16 +104,21 @@ class Scenario(metaclass=PoolMeta):
             _PROBE_DAYS[1])
 
     def check_goal(self):
-        "Refuse a goal that is not a domain on the model that searches"
+        """Refuse a goal that is not a domain on the model that its author
+        may search"""
         if not self.goal:
             return
         Model = Pool().get(self.model)
+
+        def search(goal):
+            with self.as_author():
+                Model.search(goal, limit=1, order=[])
         try:
             goal = self.decoded_goal(datetime.date.today())
         except Exception as exception:
             error = exception
         else:
-            error = contained(Model.search, goal, limit=1, order=[])
+            error = contained(search, goal)
         if error is not None:
             raise DomainError(gettext(
                     'marketing_automation.msg_scenario_invalid_goal',
@@ -206,9 +215,10 @@ class Scenario(metaclass=PoolMeta):
         pool = Pool()
         Model = pool.get(self.model)
         database = Transaction().database
-        goal = Model.search(
-            self.decoded_goal(entry_date or datetime.date.today()),
-            order=[], query=True)
+        with self.as_author():
+            goal = Model.search(
+                self.decoded_goal(entry_date or datetime.date.today()),
+                order=[], query=True)
         return goal.select(Concat(
                 self.model + ',',
                 Cast(goal.id, database.sql_type('VARCHAR').base)))
@@ -230,8 +240,9 @@ class Scenario(metaclass=PoolMeta):
             goal = self.decoded_goal(day or datetime.date.today())
             for sub in grouped_slice(
                     list(record_of), backend.MAX_QUERY_PARAMS):
-                met.update(record_of[r.id] for r in Model.search(
-                        [goal, ('id', 'in', list(sub))], order=[]))
+                with self.as_author():
+                    met.update(record_of[r.id] for r in Model.search(
+                            [goal, ('id', 'in', list(sub))], order=[]))
         return met
 
 

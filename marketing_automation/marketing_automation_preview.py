@@ -48,7 +48,7 @@ from trytond.pool import Pool, PoolMeta
 from trytond.pyson import Eval, PYSONEncoder
 from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
-from trytond.transaction import Transaction
+from trytond.transaction import Transaction, check_access
 from trytond.wizard import (
     Button, StateAction, StateTransition, StateView, Wizard)
 
@@ -884,7 +884,13 @@ class Scenario(metaclass=PoolMeta):
     def audience_conditions(self, table):
         """The SQL conditions on table, of the scenario's model, that a
         record is selected by the domain, is out of the scenario
-        (unsubscribed from it or blocked in it) and has an email address"""
+        (unsubscribed from it or blocked in it) and has an email address
+
+        The records are those that the author of the domain may search."""
+        with self.as_author():
+            return self._audience_conditions(table)
+
+    def _audience_conditions(self, table):
         pool = Pool()
         Model = pool.get(self.model)
         Record = pool.get('marketing.automation.record')
@@ -965,13 +971,23 @@ class Scenario(metaclass=PoolMeta):
 
     @classmethod
     def _audience_scenario(cls, Model):
-        "The scenario of the context on Model, None if there is none"
+        """The scenario of the context on Model, None if there is none or
+        if the record rules of the user hide it
+
+        The rules are applied even where trytond leaves them out (in the
+        searchers of fields): the scenario of another company must tell
+        nothing."""
+        pool = Pool()
+        Rule = pool.get('ir.rule')
         scenario_id = Transaction().context.get('marketing_scenario')
         if isinstance(scenario_id, int) and not isinstance(
                 scenario_id, bool):
+            with check_access():
+                rules = Rule.domain_get(cls.__name__, mode='read')
             scenarios = cls.search([
                     ('id', '=', scenario_id),
                     ('model', '=', Model.__name__),
+                    rules,
                     ], limit=1)
             if scenarios:
                 return scenarios[0]

@@ -15,18 +15,22 @@ fires its event.
 The figures count the attributed sales that are confirmed, processing or
 done: a sale cancelled later, or back to draft, stops counting.  The revenue
 is the untaxed amount of the sale in the currency of its company, converted
-at the date of the sale, and every figure is that of the company of the
-context, so that amounts in different currencies are never added.
+at the date of the sale.  A scenario belongs to a company: a sale is
+attributed to the scenarios of its company only, and every figure of a
+scenario is that of its company, whatever company the context names, so
+that the sales of another company never show and amounts in different
+currencies are never added.
 """
 import datetime
 from collections import defaultdict
 from decimal import Decimal
 
 from dateutil.relativedelta import relativedelta
-from sql import Literal, Null
+from sql import Column, Literal, Null
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case, Coalesce
 from sql.functions import Round
+from sql.operators import Exists
 
 from trytond import backend
 from trytond.model import Index, ModelSQL, ModelView, Unique, fields
@@ -56,15 +60,6 @@ def _datetime(value):
     if isinstance(value, str):
         return datetime.datetime.fromisoformat(value)
     return value
-
-
-def context_company():
-    "The company of the context, whose figures are shown, or None"
-    pool = Pool()
-    Company = pool.get('company.company')
-    company_id = Transaction().context.get('company')
-    if company_id is not None and company_id >= 0:
-        return Company(company_id)
 
 
 class Attribution(ModelSQL, ModelView):
@@ -123,9 +118,9 @@ class Attribution(ModelSQL, ModelView):
 
     @classmethod
     def attribute(cls, sales):
-        """Attribute the sales, confirmed now, for each scenario, to the
-        last email of the scenario clicked for one of their records before
-        now and within the scenario's attribution window
+        """Attribute the sales, confirmed now, for each scenario of their
+        company, to the last email of the scenario clicked for one of their
+        records before now and within the scenario's attribution window
 
         What an earlier confirmation of the sales attributed is forgotten."""
         pool = Pool()
@@ -164,19 +159,22 @@ class Attribution(ModelSQL, ModelView):
         last = {}
         for sub in grouped_slice(list(sales_of), backend.MAX_QUERY_PARAMS):
             cursor.execute(*from_.select(
-                    record.record, record.scenario, record.id,
-                    record_activity.id, record_activity.activity,
+                    record.record, record.scenario, scenario.company,
+                    record.id, record_activity.id, record_activity.activity,
                     clicks.date, scenario.attribution_window,
                     where=record.record.in_(list(sub))
                     & (clicks.date <= now)))
-            for (reference, scenario_id, record_id, record_activity_id,
-                    activity_id, clicked, window) in cursor:
+            for (reference, scenario_id, company_id, record_id,
+                    record_activity_id, activity_id, clicked,
+                    window) in cursor:
                 clicked = _datetime(clicked)
                 window = _timedelta(window)
                 if window is None or clicked < now - window:
                     continue
                 click = (clicked, record_activity_id, activity_id, record_id)
                 for sale in sales_of[reference]:
+                    if sale.company.id != company_id:
+                        continue
                     key = (sale.id, scenario_id)
                     if key not in last or click > last[key]:
                         last[key] = click
@@ -204,11 +202,15 @@ class Attribution(ModelSQL, ModelView):
     @classmethod
     def counted(cls, table, sale):
         """The SQL condition that the attributions of table, joined to their
-        sale, count in the figures of the company of the context"""
-        company = context_company()
-        if not company:
-            return Literal(False)
-        return (table.company == company.id) & sale.state.in_(COUNTED_STATES)
+        sale, count in the figures of their scenario: the sale is still
+        bought, and of the company of the scenario"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        scenario = Scenario.__table__()
+        return sale.state.in_(COUNTED_STATES) & Exists(scenario.select(
+                Literal(1),
+                where=(scenario.id == table.scenario)
+                & (scenario.company == table.company)))
 
     @classmethod
     def by(cls, field):
@@ -227,11 +229,12 @@ class Attribution(ModelSQL, ModelView):
             group_by=[column])
 
     @classmethod
-    def figures(cls, field, ids, names, sent):
-        """The revenue figures of names for the ids of field (scenario or
-        activity), whose emails sent are sent ({id: count})"""
+    def figures(cls, field, companies, names, sent):
+        """The revenue figures of names for the records of field (scenario
+        or activity), whose companies are companies ({id: company of the
+        scenario or None}) and whose emails sent are sent ({id: count})"""
         cursor = Transaction().connection.cursor()
-        company = context_company()
+        ids = list(companies)
         counts = {i: (0, Decimal(0)) for i in ids}
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             query = cls.by(field)
@@ -243,6 +246,7 @@ class Attribution(ModelSQL, ModelView):
                 counts[id_] = (count, Decimal(revenue or 0))
         result = {n: {} for n in names}
         for id_, (count, revenue) in counts.items():
+            company = companies[id_]
             if company:
                 currency = company.currency
                 revenue = currency.round(revenue)
@@ -264,22 +268,35 @@ class Attribution(ModelSQL, ModelView):
         return result
 
 
-def _revenue_columns(Model, sales, revenue, sent):
+def _revenue_columns(Model, sales, revenue, sent, digits):
     """The columns of the revenue of a reporting: the attributed sales and
-    their revenue, whose emails sent are sent, in the currency of the
-    company of the context"""
-    company = context_company()
-    digits = company.currency.digits if company else 2
+    their revenue, whose emails sent are sent, rounded to the digits of the
+    currency of the company of the scenario"""
     per_email = Case((sent > 0, revenue / sent), else_=Literal(0))
     return [
         Model.sale_count.sql_cast(sales).as_('sale_count'),
         Model.revenue.sql_cast(Round(revenue, digits)).as_('revenue'),
         Model.revenue_per_email.sql_cast(Round(per_email, digits)).as_(
             'revenue_per_email'),
-        Model.currency.sql_cast(
-            Literal(company.currency.id if company else None)).as_(
-            'currency'),
         ]
+
+
+def _scenario_currencies():
+    """The query of the currency of the company of each scenario and its
+    digits (columns scenario, currency and digits)"""
+    pool = Pool()
+    Scenario = pool.get('marketing.automation.scenario')
+    Company = pool.get('company.company')
+    Currency = pool.get('currency.currency')
+    scenario = Scenario.__table__()
+    company = Company.__table__()
+    currency = Currency.__table__()
+    return scenario.join(company, condition=scenario.company == company.id
+        ).join(currency, condition=company.currency == currency.id
+        ).select(
+        scenario.id.as_('scenario'),
+        currency.id.as_('currency'),
+        currency.digits.as_('digits'))
 
 
 def _period_end(date, period):
@@ -324,7 +341,8 @@ class Scenario(metaclass=PoolMeta):
         Attribution = pool.get('marketing.automation.attribution')
         ids = [s.id for s in scenarios]
         return Attribution.figures(
-            'scenario', ids, names, cls.emails_sent(ids))
+            'scenario', {s.id: s.company for s in scenarios}, names,
+            cls.emails_sent(ids))
 
     @classmethod
     def emails_sent(cls, ids):
@@ -386,8 +404,8 @@ class Activity(metaclass=PoolMeta):
         Attribution = pool.get('marketing.automation.attribution')
         sent = cls.get_email_statistics(activities, ['email_sent'])
         return Attribution.figures(
-            'activity', [a.id for a in activities], names,
-            sent['email_sent'])
+            'activity', {a.id: a.scenario.company for a in activities},
+            names, sent['email_sent'])
 
 
 class Record(metaclass=PoolMeta):
@@ -448,18 +466,6 @@ class RecordActivity(metaclass=PoolMeta):
             & (table.email_sent == Literal(True)))
 
 
-class ReportingContext(metaclass=PoolMeta):
-    __name__ = 'marketing.automation.reporting.context'
-
-    company = fields.Many2One(
-        'company.company', "Company", required=True,
-        help="The company whose sales are counted.")
-
-    @classmethod
-    def default_company(cls):
-        return Transaction().context.get('company')
-
-
 class _ReportingRevenue:
     """The revenue of the rows of a reporting
 
@@ -472,7 +478,7 @@ class _ReportingRevenue:
     revenue = Monetary(
         "Revenue", currency='currency', digits='currency', loading='lazy',
         help="The untaxed amount of the attributed sales, in the currency "
-        "of the company of the context.")
+        "of the company of the scenario.")
     revenue_per_email = Monetary(
         "Revenue per Email Sent", currency='currency', digits='currency',
         loading='lazy')
@@ -494,6 +500,26 @@ class _ReportingRevenue:
                 & self._in_period(when)
                 & Attribution.counted(attribution, sale)))
         return {s for s, in cursor}
+
+    @classmethod
+    def _with_currency(cls, grouped, key):
+        """The query of grouped (rows by key and date) with the currency of
+        the company of the scenario of each row, and its digits (columns
+        currency and currency_digits)"""
+        currencies = cls._currencies()
+        return grouped.join(currencies, 'LEFT',
+            condition=getattr(currencies, key) == getattr(grouped, key)
+            ).select(
+            *(Column(grouped, c.output_name).as_(c.output_name)
+                for c in grouped.columns),
+            cls.currency.sql_cast(currencies.currency).as_('currency'),
+            currencies.digits.as_('currency_digits'))
+
+    @classmethod
+    def _currencies(cls):
+        """The query of the currency of the company of the scenario (columns
+        currency and digits) of each scenario (or activity)"""
+        raise NotImplementedError
 
     @classmethod
     def _attributions(cls, attribution):
@@ -557,13 +583,19 @@ class ReportingScenario(_ReportingRevenue, metaclass=PoolMeta):
             & cls._where_date(record.create_date),
             group_by=[record.scenario, cls._date(record.create_date)])
         attributed = cls._attributed()
-        with_sent = cls._extend_rows(grouped, sent, 'scenario', [
-                cls.email_sent.sql_cast(
-                    Coalesce(sent.email_sent, 0)).as_('email_sent'),
-                ])
+        with_sent = cls._with_currency(cls._extend_rows(
+                grouped, sent, 'scenario', [
+                    cls.email_sent.sql_cast(
+                        Coalesce(sent.email_sent, 0)).as_('email_sent'),
+                    ]), 'scenario')
         return cls._extend_rows(with_sent, attributed, 'scenario',
             _revenue_columns(cls, Coalesce(attributed.sale_count, 0),
-                Coalesce(attributed.revenue, 0), with_sent.email_sent))
+                Coalesce(attributed.revenue, 0), with_sent.email_sent,
+                with_sent.currency_digits))
+
+    @classmethod
+    def _currencies(cls):
+        return _scenario_currencies()
 
     @classmethod
     def _attributions(cls, attribution):
@@ -589,11 +621,25 @@ class ReportingActivity(_ReportingRevenue, metaclass=PoolMeta):
 
     @classmethod
     def _rows(cls, grouped):
-        grouped = super()._rows(grouped)
+        grouped = cls._with_currency(super()._rows(grouped), 'activity')
         attributed = cls._attributed()
         return cls._extend_rows(grouped, attributed, 'activity',
             _revenue_columns(cls, Coalesce(attributed.sale_count, 0),
-                Coalesce(attributed.revenue, 0), grouped.email_sent))
+                Coalesce(attributed.revenue, 0), grouped.email_sent,
+                grouped.currency_digits))
+
+    @classmethod
+    def _currencies(cls):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        tree = Activity.scenario_tree()
+        scenarios = _scenario_currencies()
+        return tree.join(scenarios,
+            condition=tree.scenario == scenarios.scenario).select(
+            tree.activity.as_('activity'),
+            scenarios.currency.as_('currency'),
+            scenarios.digits.as_('digits'),
+            with_=[tree])
 
     @classmethod
     def _attributions(cls, attribution):

@@ -132,3 +132,8 @@ class ActivityPartyCategory(ModelSQL):
         required=True, ondelete='CASCADE')
     category = fields.Many2One(
         'party.category', "Category", required=True, ondelete='CASCADE')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        cls.__access__.add('activity')

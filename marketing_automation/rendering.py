@@ -32,6 +32,7 @@ from trytond.transaction import (
 
 from . import mailing, render_box, sandbox
 from .exceptions import ActivityFault
+from .tools import acting_user
 
 __all__ = [
     'RecordAccessError', 'Access', 'RecordView', 'TemplateServer',
@@ -420,10 +421,11 @@ class Renderer:
         self.activity = activity
         self.attempts = 0
         self.failures = []
-        # Access is checked for a real user: the author of the activity
-        # (root, who may read everything, lends the administrator's).
-        self.author = (
-            activity.create_uid.id if activity.create_uid else 0) or 1
+        # Access is checked for the user who last wrote the templates (root,
+        # who may read everything, lends the administrator's), in the company
+        # of the scenario
+        self.author = acting_user(activity.author)
+        self.author_context = activity.scenario.author_context(self.author)
         self.settings = settings()
         # the link that only scanners follow, for the event ledger
         self.trap = config.getboolean(
@@ -453,7 +455,9 @@ class Renderer:
             contexts = [
                 server.context(
                     self._values(r.record, language),
-                    server.access(r.record.marketing_access_context), paths)
+                    server.access({
+                            **r.record.marketing_access_context,
+                            **self.author_context}), paths)
                 for r in recipients]
             results = box.render(key, contexts, server, trap=self.trap)
             for recipient, (rendered, error) in zip(recipients, results):

@@ -2,7 +2,7 @@
 from trytond.model import fields
 from trytond.modules.currency.exceptions import RateError
 from trytond.pool import Pool, PoolMeta
-from trytond.transaction import Transaction
+from trytond.transaction import Transaction, check_access
 
 from .mixin import MarketingAutomationMixin
 
@@ -10,14 +10,23 @@ from .mixin import MarketingAutomationMixin
 def _search_through(Target, field, name, clause):
     """The domain of the records whose ids are in the column field of the
     records of Target that match the nested clause of the Function field
-    name"""
+    name
+
+    Among the records of Target that the record rules of the user let them
+    read: trytond leaves the rules out of the searchers of fields, and a
+    search through the sales of the parties must not find those of another
+    company."""
+    pool = Pool()
+    Rule = pool.get('ir.rule')
     target = Target.__table__()
     if clause[1] == 'where':
         domain = clause[2]
     else:
         nested = clause[0][len(name) + 1:] or 'id'
         domain = [(nested, *clause[1:])]
-    query = Target.search(domain, order=[], query=True)
+    with check_access():
+        rules = Rule.domain_get(Target.__name__, mode='read')
+    query = Target.search([domain, rules], order=[], query=True)
     return [('id', 'in', target.select(
                 getattr(target, field), where=target.id.in_(query)))]
 

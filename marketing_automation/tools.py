@@ -132,6 +132,26 @@ def contained(function, *args, **kwargs):
     cursor.execute('RELEASE SAVEPOINT %s' % name)
 
 
+def acting_user(user):
+    """The id of the user whose rights the work written by user (a res.user,
+    an id or None) runs with: root, who may do anything, lends the
+    administrator's, as does a row written before authors were kept"""
+    return (int(user) if user is not None else 0) or 1
+
+
+@contextmanager
+def acting_as(user_id, context=None):
+    """Run the block as the user of user_id with their access rights and
+    record rules checked, in context
+
+    The crons run as root, who may read everything: what a marketer wrote
+    (a domain, a condition, a template) must see no more than they do."""
+    transaction = Transaction()
+    with transaction.set_user(user_id), transaction.set_context(
+            context or {}, _check_access=True):
+        yield
+
+
 def none_of(condition):
     """The negation of condition, an OR of conditions such as those of the
     hooks that extend each other, written as the AND of their negations

@@ -5,7 +5,7 @@ A goal that is not a domain is refused on save; one that fails under the
 crons stops its scenario only, and its entries wait; a record whose
 underlying record was deleted is not converted; the goal sees the day each
 record entered; the check costs the same few statements whatever the size
-of the batch.  The revenue is that of the company of the context, in its
+of the batch.  The revenue of a scenario is that of its company, in its
 currency, and a sale without a rate counts without an amount.
 """
 import datetime as dt
@@ -23,7 +23,8 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 
 from .test_email import inspecting
-from .tools import SendingTestMixin, committed
+from .tools import (
+    SendingTestMixin, clicked_entry, committed, confirm_sale, without_company)
 
 LOGGER = 'trytond.modules.marketing_automation'
 BOUGHT = ['confirmed', 'processing', 'done']
@@ -52,6 +53,8 @@ class GoalTestCase(SendingTestMixin, TestCase):
         drop_db()
         cls.addClassCleanup(drop_db)
         activate_module(['marketing_automation', 'sale'])
+        with committed():
+            cls.company_id = create_company().id
 
     def setUp(self):
         super().setUp()
@@ -74,7 +77,8 @@ class GoalTestCase(SendingTestMixin, TestCase):
         return self.running_scenario(
             '%s %s' % (name, self._testMethodName),
             [('id', 'in', party_ids)], activities,
-            goal=encode(goal) if goal is not None else None)
+            goal=encode(goal) if goal is not None else None,
+            company=self.company_id)
 
     def store_goal(self, scenario_id, goal):
         "Write the goal straight into the table, as the checks never saw it"
@@ -122,6 +126,7 @@ class GoalTestCase(SendingTestMixin, TestCase):
                     with self.assertRaises(DomainError) as raised:
                         Scenario.create([{
                                     'name': "Broken goal",
+                                    'company': self.company_id,
                                     'goal': goal,
                                     }])
                     Transaction().rollback()
@@ -241,7 +246,8 @@ class GoalTestCase(SendingTestMixin, TestCase):
             pool = Pool()
             Sale = pool.get('sale.sale')
             Party = pool.get('party.party')
-            company = create_company()
+            Company = pool.get('company.company')
+            company = Company(self.company_id)
             with set_company(company):
                 sales = Sale.create([{
                             'party': p,
@@ -313,6 +319,9 @@ class GoalTestCase(SendingTestMixin, TestCase):
                 Transaction().rollback()
             return len(executed), len(converted)
 
+        # the caches (the rights of the goal's author, the message of the
+        # cancelled entries) are filled once, as in a cron that runs
+        statements(20)
         # a batch of the queue holds 200 entries
         small, converted_small = statements(20)
         large, converted_large = statements(200)
@@ -331,64 +340,15 @@ class RevenueTestCase(TestCase):
         cls.addClassCleanup(drop_db)
         activate_module(['marketing_automation', 'sale'])
 
-    def clicked_entry(self, party, clicked):
-        """A done email entry of a new scenario for party, clicked at
-        clicked"""
-        pool = Pool()
-        Scenario = pool.get('marketing.automation.scenario')
-        Record = pool.get('marketing.automation.record')
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        scenario, = Scenario.create([{
-                    'name': "Spring",
-                    'activities': [('create', [email("Offer")])],
-                    }])
-        record, = Record.create([{
-                    'scenario': scenario.id,
-                    'record': str(party),
-                    'uuid': uuid.uuid4().hex,
-                    }])
-        entry, = RecordActivity.create([{
-                    'record': record.id,
-                    'activity': scenario.activities[0].id,
-                    'state': 'done',
-                    'at': clicked,
-                    'email_sent': True,
-                    'email_clicked': True,
-                    }])
-        table = RecordActivity.__table__()
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*table.update(
-                [table.email_last_clicked], [clicked],
-                where=table.id == entry.id))
-        return scenario
-
-    def confirm_sale(self, company, party, amount, currency=None):
-        pool = Pool()
-        Sale = pool.get('sale.sale')
-        sale, = Sale.create([{
-                    'company': company.id,
-                    'currency': (currency or company.currency).id,
-                    'party': party.id,
-                    'invoice_address': party.addresses[0].id,
-                    'invoice_method': 'manual',
-                    'shipment_method': 'manual',
-                    'lines': [('create', [{
-                                    'description': "Chair",
-                                    'quantity': 1,
-                                    'unit_price': Decimal(amount),
-                                    }])],
-                    }])
-        Sale.quote([sale])
-        Sale.confirm([sale])
-        return sale
-
     @with_transaction()
     def test_companies(self):
-        """Each company sees its own revenue, in its currency, and a sale
-        in another currency is converted at the rate of its date"""
+        """The scenario of each company counts the sales of its company, in
+        its currency, whatever company the context names, and a sale in
+        another currency is converted at the rate of its date"""
         pool = Pool()
         Party = pool.get('party.party')
         Scenario = pool.get('marketing.automation.scenario')
+        Reporting = pool.get('marketing.automation.reporting.scenario')
         usd = create_currency('USD')
         add_currency_rate(usd, Decimal(1))
         eur = create_currency('EUR')
@@ -396,28 +356,31 @@ class RevenueTestCase(TestCase):
         us_company = create_company("US Shop", currency=usd)
         eu_company = create_company("EU Shop", currency=eur)
         ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
-        scenario = self.clicked_entry(
-            ann, dt.datetime.now() - dt.timedelta(days=1))
+        clicked = dt.datetime.now() - dt.timedelta(days=1)
+        us_scenario = clicked_entry(ann, clicked, us_company)
+        eu_scenario = clicked_entry(ann, clicked, eu_company)
         with set_company(us_company):
-            self.confirm_sale(us_company, ann, '100.00')
+            confirm_sale(us_company, ann, '100.00')
         with set_company(eu_company):
             # 100 dollars are 200 euros
-            self.confirm_sale(eu_company, ann, '100.00', currency=usd)
-            self.confirm_sale(eu_company, ann, '30.00')
+            confirm_sale(eu_company, ann, '100.00', currency=usd)
+            confirm_sale(eu_company, ann, '30.00')
 
-        with set_company(us_company):
-            scenario = Scenario(scenario.id)
-            self.assertEqual(
-                (scenario.sale_count, scenario.revenue, scenario.currency),
-                (1, Decimal('100.00'), usd))
-        with set_company(eu_company):
-            scenario = Scenario(scenario.id)
-            self.assertEqual(
-                (scenario.sale_count, scenario.revenue, scenario.currency),
-                (2, Decimal('230.00'), eur))
-            Reporting = pool.get('marketing.automation.reporting.scenario')
-            with Transaction().set_context(period='month'):
-                row, = Reporting.search([('scenario', '=', scenario.id)])
+        for company in [us_company, eu_company]:
+            with self.subTest(context=company.rec_name), \
+                    set_company(company), \
+                    Transaction().set_context(period='month'):
+                us_scenario, eu_scenario = Scenario.browse(
+                    [us_scenario.id, eu_scenario.id])
+                self.assertEqual(
+                    (us_scenario.sale_count, us_scenario.revenue,
+                        us_scenario.currency),
+                    (1, Decimal('100.00'), usd))
+                self.assertEqual(
+                    (eu_scenario.sale_count, eu_scenario.revenue,
+                        eu_scenario.currency),
+                    (2, Decimal('230.00'), eur))
+                row, = Reporting.search([('scenario', '=', eu_scenario.id)])
                 self.assertEqual(
                     (row.sale_count, row.revenue, row.currency),
                     (2, Decimal('230.00'), eur))
@@ -449,6 +412,7 @@ class RevenueTestCase(TestCase):
             delay=dt.timedelta(days=1))
         scenario, = Scenario.create([{
                     'name': "Spring",
+                    'company': company.id,
                     'activities': [('create', [
                                 email("Offer", children=[
                                         ('create', [reminder])])])],
@@ -494,9 +458,9 @@ class RevenueTestCase(TestCase):
             (reminder, now - dt.timedelta(hours=2),
                 now - dt.timedelta(hours=1)))
         with set_company(company):
-            ann_sale = self.confirm_sale(company, ann, '100.00')
-            bob_sale = self.confirm_sale(company, bob, '40.00')
-            cancelled = self.confirm_sale(company, bob, '60.00')
+            ann_sale = confirm_sale(company, ann, '100.00')
+            bob_sale = confirm_sale(company, bob, '40.00')
+            cancelled = confirm_sale(company, bob, '60.00')
         sale_table = Sale.__table__()
         cursor.execute(*sale_table.update(
                 [sale_table.state], ['cancelled'],
@@ -576,10 +540,10 @@ class RevenueTestCase(TestCase):
         company = create_company()
         gbp = create_currency('GBP')
         ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
-        scenario = self.clicked_entry(
-            ann, dt.datetime.now() - dt.timedelta(hours=1))
+        scenario = clicked_entry(
+            ann, dt.datetime.now() - dt.timedelta(hours=1), company)
         with set_company(company):
-            self.confirm_sale(company, ann, '50.00', currency=gbp)
+            confirm_sale(company, ann, '50.00', currency=gbp)
             scenario = Scenario(scenario.id)
             self.assertEqual(
                 (scenario.sale_count, scenario.revenue),
@@ -593,19 +557,28 @@ class RevenueTestCase(TestCase):
         Scenario = pool.get('marketing.automation.scenario')
         company = create_company()
         ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
-        scenario = self.clicked_entry(
-            ann, dt.datetime.now() + dt.timedelta(hours=1))
+        scenario = clicked_entry(
+            ann, dt.datetime.now() + dt.timedelta(hours=1), company)
         with set_company(company):
-            self.confirm_sale(company, ann, '50.00')
+            confirm_sale(company, ann, '50.00')
             self.assertEqual(Scenario(scenario.id).sale_count, 0)
 
     @with_transaction()
     def test_no_company(self):
-        "Without a company in the context, no amount is shown"
+        """A scenario without a company (brought by a database of Tryton's
+        own module, with several companies to choose from) shows no
+        amount"""
         pool = Pool()
+        Party = pool.get('party.party')
         Scenario = pool.get('marketing.automation.scenario')
-        scenario, = Scenario.create([{'name': "Spring"}])
-        with Transaction().set_context(company=None):
+        company = create_company()
+        ann, = Party.create([{'name': "Ann", 'addresses': [('create', [{}])]}])
+        scenario = clicked_entry(
+            ann, dt.datetime.now() - dt.timedelta(hours=1), company)
+        with set_company(company):
+            confirm_sale(company, ann, '50.00')
+        without_company([scenario.id])
+        with set_company(company):
             scenario = Scenario(scenario.id)
             self.assertEqual(
                 (scenario.sale_count, scenario.revenue, scenario.currency),

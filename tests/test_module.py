@@ -1,10 +1,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The module with sales: the standard checks of a Tryton module, and
 scenarios whose records are sales, sent to the sale's party."""
+import logging
+
+from trytond import backend
 from trytond.modules.company.tests import create_company, set_company
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import ModuleTestCase, with_transaction
+from trytond.transaction import Transaction
+
+from .tools import without_company
 
 
 def create_sales(company, *parties):
@@ -115,6 +121,36 @@ class MarketingAutomationTestCase(ModuleTestCase):
             Scenario.trigger()
             self.assertEqual(records(scenario), {
                     first: True, second: False, third: False})
+
+    @with_transaction()
+    def test_scenario_company_migration(self):
+        """A scenario without a company, as Tryton's own module leaves them,
+        belongs to the only company once the module is updated; with
+        several, it waits for an administrator to choose"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        table = Scenario.__table__()
+        cursor = Transaction().connection.cursor()
+        company = create_company()
+        with set_company(company):
+            scenario = sale_scenario(unsubscribable=False)
+
+        def update_without_company():
+            without_company([scenario.id])
+            Scenario.__register__('marketing_automation')
+            cursor.execute(*table.select(
+                    table.company, where=table.id == scenario.id))
+            company_id, = cursor.fetchone()
+            return company_id
+
+        self.assertEqual(update_without_company(), company.id)
+        create_company("Second Shop")
+        if backend.name == 'postgresql':
+            # trytond tells that the column cannot be NOT NULL yet
+            with self.assertLogs('trytond.backend', logging.WARNING):
+                self.assertIsNone(update_without_company())
+        else:
+            self.assertIsNone(update_without_company())
 
 
 del ModuleTestCase

@@ -8,6 +8,8 @@ connections, refuse recipients (at RCPT or at the end of DATA) or stall.
 ``committed`` runs a piece of work in a transaction that is committed, then
 runs the tasks it queued as trytond does without a queue worker.
 ``parse_message`` and ``html_links`` read a message as a mail client does.
+``clicked_entry`` and ``confirm_sale`` make the clicks and the sales that
+the revenue counts.
 """
 import asyncio
 import email
@@ -20,10 +22,12 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 import warnings
 from collections import namedtuple
 from contextlib import contextmanager
 from datetime import timedelta
+from decimal import Decimal
 from unittest import mock
 
 import lxml.html
@@ -41,7 +45,8 @@ __all__ = [
     'Received', 'SMTPServer', 'override_config', 'committed', 'run_queue',
     'shared_database', 'parse_message', 'html_links', 'SendingTestMixin',
     'BROWSER', 'event_clock', 'human_request', 'decide_events',
-    'without_mjml_compilers']
+    'without_mjml_compilers', 'clicked_entry', 'confirm_sale',
+    'without_company']
 
 Received = namedtuple('Received', ['mail_from', 'rcpt_tos', 'data'])
 # the loopback server of the tests asks for a login without TLS on purpose
@@ -443,3 +448,75 @@ def decide_events(after=timedelta(minutes=10)):
     with committed():
         with event_clock(after):
             Pool().get('marketing.automation.event').decide()
+
+
+def clicked_entry(party, clicked, company, name="Spring"):
+    """A new scenario of company with an email activity, and its done entry
+    for party whose email was sent and clicked at clicked"""
+    pool = Pool()
+    Scenario = pool.get('marketing.automation.scenario')
+    Record = pool.get('marketing.automation.record')
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    scenario, = Scenario.create([{
+                'name': name,
+                'company': company.id,
+                'activities': [('create', [{
+                                'name': "Offer",
+                                'action': 'send_email',
+                                'email_title': "Offer",
+                                'email_template': '<p>Our offer</p>',
+                                }])],
+                }])
+    record, = Record.create([{
+                'scenario': scenario.id,
+                'record': str(party),
+                'uuid': uuid.uuid4().hex,
+                }])
+    entry, = RecordActivity.create([{
+                'record': record.id,
+                'activity': scenario.activities[0].id,
+                'state': 'done',
+                'at': clicked,
+                'email_sent': True,
+                'email_clicked': True,
+                }])
+    table = RecordActivity.__table__()
+    cursor = Transaction().connection.cursor()
+    cursor.execute(*table.update(
+            [table.email_last_clicked], [clicked],
+            where=table.id == entry.id))
+    return scenario
+
+
+def confirm_sale(company, party, amount, currency=None, description=None):
+    """A sale of company to party (who has an address) of one line of
+    amount, confirmed: the confirmation attributes it"""
+    Sale = Pool().get('sale.sale')
+    sale, = Sale.create([{
+                'company': company.id,
+                'currency': (currency or company.currency).id,
+                'party': party.id,
+                'description': description,
+                'invoice_address': party.addresses[0].id,
+                'invoice_method': 'manual',
+                'shipment_method': 'manual',
+                'lines': [('create', [{
+                                'description': "Chair",
+                                'quantity': 1,
+                                'unit_price': Decimal(amount),
+                                }])],
+                }])
+    Sale.quote([sale])
+    Sale.confirm([sale])
+    return sale
+
+
+def without_company(scenario_ids):
+    """Take their company from the scenarios, as a database of Tryton's own
+    module has them (the column takes NULL again)"""
+    Scenario = Pool().get('marketing.automation.scenario')
+    table = Scenario.__table__()
+    cursor = Transaction().connection.cursor()
+    Scenario.__table_handler__().not_null_action('company', 'remove')
+    cursor.execute(*table.update(
+            [table.company], [None], where=table.id.in_(scenario_ids)))
