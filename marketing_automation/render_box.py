@@ -445,7 +445,7 @@ class Box:
                 'max_size': self.settings.max_size})
         finished = False
         try:
-            for _ in contexts:
+            for index in range(len(contexts)):
                 deadline = self._deadline()
                 while True:
                     message = self._expect(
@@ -454,6 +454,9 @@ class Box:
                         self.channel.send(self._answer(server, message))
                         continue
                     break
+                # the box is done with the last one: a caller that stops
+                # there (zip does) leaves it ready for the next batch
+                finished = index == len(contexts) - 1
                 if 'rendered' in message:
                     yield message['rendered'], None
                 else:

@@ -205,7 +205,13 @@ class RenderBoxTestCase(unittest.TestCase):
     def test_pool_keeps_boxes(self):
         "A box that rendered waits for the next batch of its process"
         with render_box.lease(self.settings) as first:
-            pass
+            key, _ = first.prepare("Hi", '<p>${name}</p>')
+            contexts = [{'name': "Ann"}, {'name': "Bob"}]
+            # zip takes no more from the box than the last email
+            for name, (rendered, _) in zip(
+                    ["Ann", "Bob"], first.render(key, contexts, Server())):
+                self.assertIn(name, rendered['html'])
+        self.assertTrue(first.alive)
         with render_box.lease(self.settings) as second:
             self.assertIs(second, first)
         render_box.close_boxes()
