@@ -49,6 +49,7 @@ from . import mailing
 from .exceptions import (
     ActivityError, ActivityFault, ConditionError, DomainError)
 from .mixin import MarketingAutomationMixin
+from .overrides import Run, current_run, overridden, running, stop_running
 from .tools import (
     BROWSE_SIZE, acting_as, acting_user, batch_size, contained, for_update,
     none_of, queue, savepoint, skip_conflicts)
@@ -116,9 +117,14 @@ class _ConditionEnvironment(EvalEnvironment):
 
 
 def _condition_holds(condition, record):
+    return bool(_evaluate(condition, record))
+
+
+def _evaluate(expression, record):
+    "The value of the PYSON expression for the record (its self)"
     env = _eval_environment()
     env['self'] = _ConditionEnvironment(record, record.__class__)
-    return bool(PYSONDecoder(env).decode(condition))
+    return PYSONDecoder(env).decode(expression)
 
 
 def fields_read(condition):
@@ -1121,18 +1127,25 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
                     condition=self.condition, activity=self.rec_name,
                     exception=exception.message)) from exception
 
-    def conditions(self, records):
-        """Whether the condition holds for each of records (instances of
-        models), evaluated with the rights of the author of the activity:
-        {record: True, False or the exception that kept it from being
-        evaluated}
+    def conditions(self, pairs):
+        """Whether the condition holds for the record of each pair (the id
+        of a marketing record and the instance of its record), evaluated
+        with the rights of the author of the activity: {instance: True,
+        False or the exception that kept it from being evaluated}
+
+        The condition is evaluated by Record.eval once per record when a
+        module overrides it, else here for all of them.
 
         A record, or a field of it, that the author may not read is an
         error, as it would be for them over RPC: the result of a condition
         must not tell what they may not read.  The records are checked
         once for all against the rules."""
+        Record = Pool().get('marketing.automation.record')
+        records = [i for _, i in pairs]
         if not self.condition:
             return dict.fromkeys(records, True)
+        marketing = {i: r for r, i in pairs}
+        by_record = overridden(Record, 'eval')
         results = {}
         by_model = defaultdict(list)
         for record in records:
@@ -1152,13 +1165,18 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
                                 activity=self.rec_name))
                         continue
                     try:
-                        results[record] = _condition_holds(
-                            self.condition, record)
+                        if by_record and marketing[record] is not None:
+                            results[record] = bool(Record(
+                                    marketing[record], record=record
+                                    ).eval(self.condition))
+                        else:
+                            results[record] = _condition_holds(
+                                self.condition, record)
                     except Exception as exception:
                         results[record] = exception
         return results
 
-    def advance(self, entries):
+    def advance(self, entries, **kwargs):
         """Advance the due entries through the activity: evaluate its
         condition, execute its action and enter the records into its
         children.
@@ -1166,9 +1184,15 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
         Returns the Outcome: the entries whose action was not done, with
         why, and those whose action finishes later (they are completed by
         RecordActivity.complete).  Raises ActivityFault when the error is
-        not one entry's."""
+        not one entry's.
+
+        The entries go one at a time through execute when a module
+        overrides it or the action's execute_<action>, or when the action
+        has no execute_<action>_batch; else all together."""
+        if self.one_at_a_time():
+            return self._advance_each(entries, **kwargs)
         underlying = _underlying_records(entries)
-        todo, errors = self._evaluate_conditions(underlying)
+        todo, errors = self._evaluate_conditions(entries, underlying)
         for entry in entries:
             if entry.id not in underlying:
                 errors[entry.id] = gettext(
@@ -1184,15 +1208,58 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
             [e for e in entries if e.id not in later], underlying)
         return Outcome(errors, later)
 
-    def _evaluate_conditions(self, underlying):
-        """Split the underlying records (entry id → record) into those whose
-        condition holds and the errors of the others (entry id → message)
+    def one_at_a_time(self):
+        "Whether the entries of the activity go one at a time to execute"
+        if overridden(self, 'execute'):
+            return True
+        if not self.action:
+            return False
+        return (overridden(self, 'execute_%s' % self.action)
+            or not hasattr(self, 'execute_%s_batch' % self.action))
+
+    def _advance_each(self, entries, **kwargs):
+        """Advance the entries one at a time through execute, as Tryton's
+        own module does, and return their Outcome
+
+        An exception of execute is the error of its entry (its work is
+        undone, and its record still enters the children), an
+        ActivityFault stops the activity."""
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        run = Run(kwargs=kwargs)
+        failed = set()
+        token = running(run)
+        try:
+            instances = RecordActivity.browse([e.id for e in entries])
+            for entry, instance in zip(entries, instances):
+                exception = contained(self.execute, instance, **kwargs)
+                if isinstance(exception, ActivityFault):
+                    raise exception
+                if exception is not None:
+                    failed.add(entry.id)
+                    run.later.discard(entry.id)
+                    run.errors[entry.id] = _describe(exception)
+                    self.enter_children([entry])
+        finally:
+            stop_running(token)
+        for method, ids in run.queued.values():
+            ids = [i for i in ids if i not in failed]
+            if ids:
+                method(ids)
+        return Outcome(run.errors, run.later)
+
+    def _evaluate_conditions(self, entries, underlying):
+        """Split the underlying records (entry id → record) of the entries
+        into those whose condition holds and the errors of the others
+        (entry id → message)
 
         Raise ActivityFault when the condition fails for every record of
         the batch (and there are several): the condition is wrong, not the
         records."""
         todo, errors, failures = [], {}, {}
-        holds_for = self.conditions(list(underlying.values()))
+        holds_for = self.conditions([
+                (e.record, underlying[e.id]) for e in entries
+                if e.id in underlying])
         for entry_id, record in underlying.items():
             holds = holds_for[record]
             if isinstance(holds, Exception):
@@ -1233,30 +1300,38 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
 
     def execute_batch(self, entries, records):
         """Run the action for the due entries, whose underlying records are
-        records (entry id → record), and return its Outcome
-
-        The action runs set-based through its execute_<action>_batch, or
-        else one entry at a time through execute, each entry's error its
-        own."""
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
+        records (entry id → record), through its execute_<action>_batch,
+        and return its Outcome"""
         if not self.action:
             return Outcome({}, set())
-        batch = getattr(self, 'execute_%s_batch' % self.action, None)
-        if batch is not None:
-            return batch(entries, records)
-        errors = {}
-        for entry in entries:
-            exception = contained(self.execute, RecordActivity(entry.id))
-            if exception is not None:
-                errors[entry.id] = _describe(exception)
-        return Outcome(errors, set())
+        return getattr(self, 'execute_%s_batch' % self.action)(
+            entries, records)
 
     def execute(self, record_activity, **kwargs):
-        "Run the action for one record activity"
-        if self.action:
+        """Do one due record activity, as Tryton's own module does: unless
+        its record is gone or the condition does not hold, run the action
+        through execute_<action>(record_activity, **kwargs); then enter its
+        record into the children, unless the action finishes later.
+
+        The engine calls it for each entry when a module overrides it (or
+        the action's execute_<action>); what kept an entry's action from
+        being done is reported to the engine through the current Run."""
+        run = current_run()
+        record = record_activity.record
+        instance = record.record
+        if instance is None or instance.id is None or instance.id < 0:
+            run.errors[record_activity.id] = gettext(
+                'marketing_automation.msg_record_activity_record_deleted')
+            return
+        entry = Entry(record_activity.id, record.id, str(instance))
+        underlying = {entry.id: instance}
+        todo, errors = self._evaluate_conditions([entry], underlying)
+        run.errors.update(errors)
+        if todo and self.action:
             getattr(self, 'execute_%s' % self.action)(
                 record_activity, **kwargs)
+        if entry.id not in run.later:
+            self.enter_children([entry], underlying)
 
     @classmethod
     def get_record_count(cls, activities, name):
@@ -1373,10 +1448,18 @@ class Record(ModelSQL, ModelView):
 
     @property
     def language(self):
-        "The code of the recipient's language"
+        """The code of the recipient's language: the emails of the record
+        are in it (read for each record when a module overrides it)"""
         party = self.marketing_party
         if party and party.lang:
             return party.lang.code
+
+    def eval(self, expression):
+        """The value of the PYSON expression (a condition) for the record,
+        its underlying record as self; fields that the user may not read
+        are errors (the engine calls it with the rights of the author of
+        the condition, for each record when a module overrides it)"""
+        return _evaluate(expression, self.record)
 
     @classmethod
     def copy(cls, records, default=None):
@@ -1388,6 +1471,9 @@ class Record(ModelSQL, ModelView):
     @classmethod
     @ModelView.button
     def block(cls, records):
+        """Block the records (they run no more activity) and unsubscribe
+        their parties from the unsubscribable scenarios; the unsubscribe
+        links call it too"""
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         Scenario.unsubscribe(records)
@@ -1506,6 +1592,9 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         record = Record.__table__()
         if not activities or not records:
             return
+        if overridden(cls, 'get') or overridden(cls, 'set_delay'):
+            cls._schedule_each(activities, records)
+            return
         now = _now()
         new_values = cls._new_values()
         columns = [table.create_uid, table.create_date, table.record,
@@ -1521,7 +1610,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 # a condition that cannot be evaluated yet lets the record
                 # wait: it is evaluated again when the entry is due, and
                 # fails then with its error
-                holds_for = activity.conditions([i for _, i in records])
+                holds_for = activity.conditions(records)
                 rows = [
                     [transaction.user, now, record_id, activity.id,
                         'waiting', at, *new_values.values()]
@@ -1542,6 +1631,49 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                                 *map(Literal, new_values.values()),
                                 where=reduce_ids(record.id, sub)),
                             on_conflict=on_conflict))
+
+    @classmethod
+    def _schedule_each(cls, activities, records):
+        """Create the entries as schedule does, each made by get (which
+        calls set_delay), as Tryton's own module makes them: the way when a
+        module overrides either"""
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        existing = set()
+        record_ids = [r for r, _ in records]
+        for sub in grouped_slice(record_ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.select(
+                    table.record, table.activity,
+                    where=reduce_ids(table.record, sub)
+                    & reduce_ids(table.activity, [a.id for a in activities])))
+            existing.update(cursor)
+        marketing = dict(zip(record_ids, Record.browse(record_ids)))
+        new = []
+        for activity in activities:
+            holds_for = {}
+            if activity.condition:
+                holds_for = activity.conditions(records)
+            for record_id, instance in records:
+                if (holds_for.get(instance) is False
+                        or (record_id, activity.id) in existing):
+                    continue
+                new.append(cls.get(marketing[record_id], activity))
+        cls.save(new)
+
+    @classmethod
+    def get(cls, record, activity):
+        """A new entry of the marketing record into the activity, not saved,
+        its time set by set_delay unless it waits for an event"""
+        record_activity = cls(record=record, activity=activity)
+        if not activity.event or activity.negative:
+            record_activity.set_delay()
+        return record_activity
+
+    def set_delay(self):
+        "Make the entry due after the delay of its activity from now"
+        self.at = _now() + (self.activity.delay or datetime.timedelta())
 
     @classmethod
     def in_progress(cls, table):
@@ -1610,7 +1742,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         "Do the record activities that are still due"
         ids = list(map(int, record_activities))
         for sub in grouped_slice(ids, batch_size()):
-            cls._do(cls._take_due(list(sub)))
+            cls._do(cls._take_due(list(sub)), **kwargs)
 
     @classmethod
     def _take_due(cls, ids):
@@ -1652,9 +1784,9 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         return due
 
     @classmethod
-    def _do(cls, due):
+    def _do(cls, due, **kwargs):
         """Advance the due entries ({activity id: [Entry, …]}) through their
-        activities and mark them done
+        activities and mark them done; kwargs go to Activity.execute
 
         An activity that fails is paused and its entries wait, undone; the
         other activities go on."""
@@ -1664,9 +1796,14 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         done, errors = [], {}
         faults, unexpected, succeeded = {}, {}, []
 
+        opposite = overridden(cls, '_cancel_opposite')
+
         def advance(activity, entries):
-            cls.cancel_twins(activity, [e.record for e in entries])
-            outcome = activity.advance(entries)
+            if opposite:
+                cls._cancel_opposite(cls.browse([e.id for e in entries]))
+            else:
+                cls.cancel_twins(activity, [e.record for e in entries])
+            outcome = activity.advance(entries, **kwargs)
             errors.update(outcome.errors)
             done.extend(e.id for e in entries if e.id not in outcome.later)
 
@@ -1753,7 +1890,46 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     def set_cancelled(cls, where, error=None):
         """Cancel the waiting entries of the table of the record activities
         (its columns as cls.__table__() names them) that match where, with
-        the error that says why, if any"""
+        the error that says why, if any
+
+        When a module overrides cancel, the entries go through it."""
+        if overridden(cls, 'cancel'):
+            table = cls.__table__()
+            cursor = Transaction().connection.cursor()
+            cursor.execute(*table.select(
+                    table.id,
+                    where=(table.state == 'waiting') & where(table)))
+            ids = [i for i, in cursor]
+            for sub in grouped_slice(ids, BROWSE_SIZE):
+                cls.cancel(cls.browse(sub))
+            if error and ids:
+                for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+                    cursor.execute(*table.update(
+                            [table.error], [error],
+                            where=reduce_ids(table.id, sub)))
+            return
+        cls._set_cancelled(where, error)
+
+    @classmethod
+    def cancel(cls, record_activities):
+        "Cancel the record activities that are still waiting"
+        ids = list(map(int, record_activities))
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cls._set_cancelled(lambda table: reduce_ids(table.id, sub))
+
+    @classmethod
+    def _cancel_opposite(cls, record_activities):
+        """Cancel the entries of the same records waiting for the opposite
+        of the event of the record activities' activities"""
+        records = defaultdict(list)
+        for record_activity in record_activities:
+            records[record_activity.activity].append(
+                record_activity.record.id)
+        for activity, record_ids in records.items():
+            cls.cancel_twins(activity, record_ids)
+
+    @classmethod
+    def _set_cancelled(cls, where, error=None):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         columns = [table.state, table.write_date]
@@ -1832,9 +2008,13 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         now = _now()
+        each = overridden(cls, 'set_delay')
         for child_id, child_event, negative, delay in (
                 Activity.event_children(activity_id)):
             if child_event != event:
+                continue
+            if each and not negative:
+                cls._set_delay_each(child_id, record_ids)
                 continue
             for sub in grouped_slice(record_ids, backend.MAX_QUERY_PARAMS):
                 def where(table, child_id=child_id, sub=sub):
@@ -1844,6 +2024,23 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                     cls.set_cancelled(where)
                 else:
                     cls.set_due(where, now + (delay or datetime.timedelta()))
+
+    @classmethod
+    def _set_delay_each(cls, activity_id, record_ids):
+        """Make due the entries of the records waiting for an event in the
+        activity, each through set_delay: the way when a module overrides
+        it"""
+        waiting = []
+        for sub in grouped_slice(record_ids, BROWSE_SIZE):
+            waiting.extend(cls.search([
+                        ('record', 'in', list(sub)),
+                        ('activity', '=', activity_id),
+                        ('state', '=', 'waiting'),
+                        ('at', '=', None),
+                        ], order=[('id', 'ASC')]))
+        for record_activity in waiting:
+            record_activity.set_delay()
+        cls.save(waiting)
 
 
 def _underlying_records(entries):

@@ -22,6 +22,7 @@ Message-ID).  Transient failures leave the message waiting for a later run,
 with a growing delay; permanent ones are written on the record activity; a
 failure that is no recipient's pauses the activity (``ActivityFault``).
 """
+import contextvars
 import datetime
 import email
 import email.policy
@@ -54,6 +55,7 @@ from . import mailing, marketing_automation, rendering, urls
 from .exceptions import ActivityFault, TemplateError
 from .marketing_automation import (
     Entry, Outcome, _now, _round_rate, marketing_parties)
+from .overrides import current_run, overridden
 from .tools import for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
 
@@ -211,7 +213,9 @@ class Activity(metaclass=PoolMeta):
             'action', 'email_from', 'email_title', 'email_template'}
 
     def email_context(self, record):
-        """The variables of the email templates for the record
+        """The variables of the email templates for the marketing record
+        (``marketing.automation.record``): ``record`` is its underlying
+        record (the party, the sale)
 
         Override it to add variables.  Templates see them through the
         sandbox: records as read-only views of their fields, functions
@@ -219,7 +223,7 @@ class Activity(metaclass=PoolMeta):
         numbers, dates, lists and dictionaries of them); anything else
         stops the activity."""
         return {
-            'record': record,
+            'record': record.record,
             'format_date': Report.format_date,
             'format_datetime': _format_datetime,
             'format_timedelta': Report.format_timedelta,
@@ -240,6 +244,35 @@ class Activity(metaclass=PoolMeta):
         pairs; override it to add some"""
         return []
 
+    def _email_recipient(self, record):
+        """The formatted address ('Name <address>') that the email to the
+        underlying record goes to, or None: the first email contact
+        mechanism of its marketing party (called for each record when a
+        module overrides it, else read for all at once)"""
+        party = record.marketing_party
+        if party:
+            name, address, _ = party_recipients({party.id}).get(
+                party.id, (None, None, None))
+            if address:
+                return mailing.format_recipient(name, address)
+
+    def _email(self, sender, to, subject, content):
+        """The message (an email.message.EmailMessage) from sender to to
+        with the subject and the HTML content
+
+        The engine calls it for each email when a module overrides it,
+        with what it would write itself (the plain-text part, the
+        Message-ID, the unsubscribe headers) given to this default."""
+        parts = _EMAIL_PARTS.get({})
+        message = mailing.build_message(
+            sender, to, subject, content, parts.get('text'),
+            message_id=parts.get('message_id') or mailing.message_id(
+                mailing.new_token(), urls.email_domain()),
+            unsubscribe=parts.get('unsubscribe'),
+            language=parts.get('language'),
+            headers=parts.get('headers', ()))
+        return email.message_from_bytes(message, policy=email.policy.SMTP)
+
     def execute_send_email_batch(self, entries, records):
         "Store the emails of the entries in the outbox and queue them"
         pool = Pool()
@@ -250,14 +283,24 @@ class Activity(metaclass=PoolMeta):
         return Outcome(errors, later)
 
     def execute_send_email(self, record_activity, **kwargs):
-        "Send the email of one record activity, as Tryton's own module does"
-        entry = Entry(
-            record_activity.id, record_activity.record.id,
-            str(record_activity.record.record))
-        outcome = self.execute_send_email_batch(
-            [entry], {entry.id: record_activity.record.record})
-        if outcome.errors:
-            raise ValueError(outcome.errors[entry.id])
+        """Store the email of one record activity in the outbox, as Tryton's
+        own module sends it: the engine calls it for each entry when a
+        module overrides it (or execute)"""
+        pool = Pool()
+        Email = pool.get('marketing.automation.email')
+        run = current_run()
+        record = record_activity.record
+        entry = Entry(record_activity.id, record.id, str(record.record))
+        errors = EmailBatch(
+            self, [entry], {entry.id: record.record}).store()
+        run.errors.update(errors)
+        if entry.id not in errors:
+            run.later.add(entry.id)
+            run.queue(
+                'marketing_automation_deliver',
+                lambda ids: queue(
+                    Email.__queue__.deliver, Email.of_record_activities(ids)),
+                [entry.id])
 
     @classmethod
     def get_email_statistics(cls, activities, names):
@@ -416,14 +459,39 @@ class RecordActivity(metaclass=PoolMeta):
     @classmethod
     @ModelView.button
     def on_email_opened(cls, record_activities):
-        cls.on_events(record_activities, ['email_opened'])
+        """Flag the emails of the record activities opened and make the
+        children waiting for it due (through _on_event for each when a
+        module overrides it)"""
+        cls._on_events(record_activities, ['email_opened'])
 
     @classmethod
     @ModelView.button
     def on_email_clicked(cls, record_activities):
+        "Flag the emails clicked, and opened, as on_email_opened"
         # A click reveals an open that the mail client did not report.
-        cls.on_events(record_activities, ['email_opened', 'email_clicked'])
+        cls._on_events(record_activities, ['email_opened', 'email_clicked'])
 
+    @classmethod
+    def _on_events(cls, record_activities, events):
+        if not overridden(cls, '_on_event'):
+            cls.on_events(record_activities, events)
+            return
+        record_activities = cls.browse(record_activities)
+        for record_activity in record_activities:
+            for event in events:
+                if not getattr(record_activity, event):
+                    record_activity._on_event(event)
+        cls.save(record_activities)
+
+    def _on_event(self, event):
+        """Flag the event on the record activity and make its children
+        waiting for it due, as Tryton's own module does"""
+        self.on_events([self], [event])
+
+
+# what the engine gives Activity._email besides its arguments, by name
+_EMAIL_PARTS = contextvars.ContextVar(
+    'marketing_automation_email_parts', default=None)
 
 Recipient = namedtuple(
     'Recipient', ['entry', 'record', 'uuid', 'name', 'address', 'language'])
@@ -466,14 +534,24 @@ class EmailBatch:
     def recipients(self):
         """The recipients of the entries by language; an entry whose party
         has no address gets its error"""
+        Record = Pool().get('marketing.automation.record')
         uuids = _record_uuids([e.id for e in self.entries])
         parties = marketing_parties(self.records.values())
-        contacts = _recipients(set(filter(None, parties.values())))
+        contacts = party_recipients(set(filter(None, parties.values())))
+        by_recipient = overridden(self.activity, '_email_recipient')
+        by_language_of = overridden(Record, 'language')
         by_language = defaultdict(list)
         for entry in self.entries:
             record = self.records[entry.id]
             name, address, language = contacts.get(
                 parties.get(record), (None, None, None))
+            if by_recipient:
+                name, address = parseaddr(
+                    self.activity._email_recipient(record) or '')
+            if by_language_of and entry.record is not None:
+                language = Record(entry.record, record=record).language
+                language = language or config.get(
+                    'database', 'language', default='en')
             if not address:
                 self.errors[entry.id] = gettext(
                     'marketing_automation.msg_email_no_address',
@@ -512,10 +590,10 @@ class EmailBatch:
             urls_ = self._urls(entry_id, recipient.uuid, rendered.links)
             subject = self._subject(rendered.subject)
             message_id = self._message_id(recipient)
-            message = mailing.build_message(
-                sender, to, subject,
+            message = self._build(
+                activity, sender, to, subject,
                 mailing.fill(rendered.html, urls_),
-                mailing.fill(rendered.text, urls_, quote=False),
+                text=mailing.fill(rendered.text, urls_, quote=False),
                 message_id=message_id,
                 unsubscribe=self._unsubscribe_url(recipient),
                 language=recipient.language,
@@ -537,6 +615,19 @@ class EmailBatch:
             del self.links[first_link:]
             return
         self._keep(entry_id, message_id, sender, to, subject, message)
+
+    def _build(self, activity, sender, to, subject, html, **parts):
+        """The bytes of the message; through Activity._email when a module
+        overrides it"""
+        if not overridden(activity, '_email'):
+            return mailing.build_message(
+                sender, to, subject, html, parts.pop('text'), **parts)
+        token = _EMAIL_PARTS.set(parts)
+        try:
+            message = activity._email(sender, to, subject, html)
+        finally:
+            _EMAIL_PARTS.reset(token)
+        return message.as_bytes(policy=email.policy.SMTP)
 
     def _check_size(self, message, rendered):
         "Raise TooHeavy when the message weighs more than an email may"
@@ -655,7 +746,7 @@ def _record_uuids(record_activity_ids):
     return uuids
 
 
-def _recipients(party_ids):
+def party_recipients(party_ids):
     """The name, email address and language code of each party
 
     The address is the first email contact mechanism of the party, as

@@ -77,9 +77,15 @@ RULES = [
     ]
 
 # the events of the email that a request of each kind makes happen
+# the events that a request of a kind makes happen (a click makes its email
+# opened too), and the method of the record activities that it calls
 _EVENTS = {
     'open': ('email_opened',),
     'click': ('email_opened', 'email_clicked'),
+    }
+_METHODS = {
+    'open': 'on_email_opened',
+    'click': 'on_email_clicked',
     }
 
 Visitor = namedtuple('Visitor', ['user_agent', 'address'])
@@ -338,8 +344,8 @@ class Event(ModelSQL, ModelView):
             event_id, = cursor.fetchone()
         if immediate:
             if kind != 'trap':
-                RecordActivity.on_events(
-                    [record_activity_id], list(_EVENTS[kind]))
+                getattr(RecordActivity, _METHODS[kind])(
+                    RecordActivity.browse([record_activity_id]))
         else:
             cls.decide([record_activity_id], now=now)
         if verdict in {'machine', 'proxy'}:
@@ -434,14 +440,15 @@ class Event(ModelSQL, ModelView):
             fired = []
             for event_id, record_activity_id, kind in cursor.fetchall():
                 fired.append(event_id)
-                if kind in _EVENTS:
-                    by_events[_EVENTS[kind]].add(record_activity_id)
+                if kind in _METHODS:
+                    by_events[_METHODS[kind]].add(record_activity_id)
             if fired:
                 cursor.execute(*table.update(
                         [table.fired], [True],
                         where=reduce_ids(table.id, fired)))
-        for events, record_activity_ids in by_events.items():
-            RecordActivity.on_events(list(record_activity_ids), list(events))
+        for method, record_activity_ids in by_events.items():
+            getattr(RecordActivity, method)(
+                RecordActivity.browse(sorted(record_activity_ids)))
 
     @classmethod
     def _flag(cls, record_activity_ids, verdicts=('machine', 'proxy')):

@@ -56,7 +56,7 @@ from . import mailing, urls
 from .exceptions import ActivityFault, PreviewError
 from .marketing_automation import Entry, marketing_parties
 from .marketing_automation_email import (
-    SEND_EMAIL, EmailBatch, Recipient, _address, _describe, _recipients)
+    SEND_EMAIL, EmailBatch, Recipient, _address, _describe, party_recipients)
 from .mixin import MarketingAutomationMixin
 from .tools import contained
 
@@ -217,7 +217,7 @@ class Trial(EmailBatch):
 
     def recipients(self):
         party = marketing_parties([self.record]).get(self.record)
-        name, address, _ = _recipients({party}).get(
+        name, address, _ = party_recipients({party}).get(
             party, (None, None, None)) if party else (None, None, None)
         if self.addresses is not None:
             pairs = self.addresses
@@ -331,7 +331,7 @@ def record_language(record):
     pool = Pool()
     Lang = pool.get('ir.lang')
     party = marketing_parties([record]).get(record)
-    code = _recipients({party})[party][2] if party else config.get(
+    code = party_recipients({party})[party][2] if party else config.get(
         'database', 'language', default='en')
     langs = Lang.search([('code', '=', code)], limit=1)
     return langs[0] if langs else None
@@ -903,7 +903,7 @@ class Scenario(metaclass=PoolMeta):
         database = Transaction().database
 
         selected = Model.search(self.decoded_domain(), order=[], query=True)
-        # as the email finds its address (_recipients)
+        # as the email finds its address (party_recipients)
         with_email = Model.search([
                 ('marketing_party', 'in', mechanism.select(
                         mechanism.party,

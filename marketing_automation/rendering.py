@@ -454,7 +454,7 @@ class Renderer:
                 raise self.fault(error) from error
             contexts = [
                 server.context(
-                    self._values(r.record, language),
+                    self._values(r, language),
                     server.access({
                             **r.record.marketing_access_context,
                             **self.author_context}), paths)
@@ -472,7 +472,17 @@ class Renderer:
                     continue
                 yield recipient, _rendered(rendered)
 
-    def _values(self, record, language):
+    def _values(self, recipient, language):
+        """The variables of the templates for the recipient:
+        Activity.email_context of its marketing record (a record not
+        saved for a preview or a test)"""
+        Record = Pool().get('marketing.automation.record')
+        if recipient.entry.record is not None:
+            record = Record(recipient.entry.record, record=recipient.record)
+        else:
+            record = Record(
+                scenario=self.activity.scenario, record=recipient.record,
+                uuid=recipient.uuid)
         values = self.activity.email_context(record)
         values.setdefault('language', language)
         return values

@@ -133,7 +133,6 @@ class _NoCacheResponse(Response):
 def unsubscribe(request, pool):
     pool_get = pool.get
     Record = pool_get('marketing.automation.record')
-    Scenario = pool_get('marketing.automation.scenario')
     Secret = pool_get('marketing.automation.email.secret')
     Unsubscribe = pool_get('marketing.automation.unsubscribe', type='report')
 
@@ -155,7 +154,7 @@ def unsubscribe(request, pool):
         or not config.getboolean(
             'marketing', 'unsubscribe_confirm', default=True))
     if acting:
-        Scenario.unsubscribe([record])
+        Record.block([record])
         if (request.method == 'POST'
                 and request.form.get('List-Unsubscribe') == 'One-Click'):
             return Response(
