@@ -1,0 +1,264 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A site module written for Tryton's own marketing_automation keeps working.
+
+The site module is ``marketing_automation/tests/site.py``: it overrides the
+methods of the Python API that SPEC.md lists, with their upstream
+signatures, and calls ``super()``.  The scenario below is run as the crons
+and the recipients run it, and each override must have been called, with
+its upstream arguments, and have had its effect on the emails received by a
+real SMTP server.  An override the engine silently skips fails the test.
+"""
+import datetime as dt
+import unittest
+
+from trytond.pool import Pool
+from trytond.pyson import Equal, Eval, Not, PYSONEncoder
+from trytond.tests.test_tryton import (
+    DB_NAME, USER, TestCase, activate_module, drop_db)
+from trytond.transaction import Transaction
+
+from .tools import (
+    SendingTestMixin, committed, decide_events, html_links, human_request,
+    parse_message)
+
+# Every method of Tryton's module that a site may override and that the
+# engine must call (SPEC.md, "Python API that sites override")
+API = {
+    'Scenario': ['trigger'],
+    'Activity': [
+        'execute', 'execute_send_email', '_email_recipient',
+        'email_context', '_email'],
+    'Record': ['eval', 'language', 'block'],
+    'RecordActivity': [
+        'get', 'set_delay', 'process', 'do', 'cancel', '_cancel_opposite',
+        'on_email_opened', 'on_email_clicked', '_on_event'],
+    }
+ONE_CLICK = 'List-Unsubscribe=One-Click'
+
+
+def inspecting():
+    return Transaction().start(DB_NAME, USER, readonly=True)
+
+
+def site():
+    from trytond.modules.marketing_automation.tests import site
+    return site
+
+
+class SiteModuleTestCase(SendingTestMixin, TestCase):
+    "The overrides of a site module written for Tryton's own module"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        drop_db()
+        cls.addClassCleanup(drop_db)
+        activate_module(['marketing_automation', 'tests'])
+
+    def setUp(self):
+        super().setUp()
+        self.start_sending()
+        site().CALLS.clear()
+
+    def calls(self, name):
+        "The arguments of the calls of the override name"
+        return [c[1:] for c in site().CALLS if c[0] == name]
+
+    def create_parties(self, *names):
+        with committed():
+            Party = Pool().get('party.party')
+            return [p.id for p in Party.create([{
+                            'name': name,
+                            'contact_mechanisms': [('create', [{
+                                            'type': 'email',
+                                            'value': '%s@example.com' % (
+                                                name.split()[-1].lower()),
+                                            }])],
+                            } for name in names])]
+
+    def entry(self, party_id, name):
+        RecordActivity = Pool().get('marketing.automation.record.activity')
+        entry, = RecordActivity.search([
+                ('record.record', '=', 'party.party,%s' % party_id),
+                ('activity.name', '=', name),
+                ])
+        return entry
+
+    def mail_to(self, address):
+        received, = self.smtp.to(address)
+        message = parse_message(received.data)
+        return message, html_links(
+            message.get_body(('html',)).get_content())[0]
+
+    def test_every_override_is_called(self):
+        "Each override of the API is called where Tryton's module calls it"
+        ann, desk, aime, zed = self.create_parties(
+            "Ann Archer", "Desk Bob", "Aimé Martin", "Zed Zorro")
+        self.running_scenario("Autumn", [
+                ('id', 'in', [ann, desk, aime, zed])], [{
+                    'name': "Welcome",
+                    'action': 'send_email',
+                    'condition': PYSONEncoder().encode(
+                        Not(Equal(Eval('self.name', ''), "Zed Zorro"))),
+                    'email_title': "Hello ${record.name}",
+                    'email_template': (
+                        '<p>${site_scenario} for ${record.name}</p>'
+                        '<p><a href="https://shop.example.com/">Shop</a></p>'
+                        '<p><a href="unsubscribe">Unsubscribe</a></p>'),
+                    'children': [('create', [{
+                                    'name': "Later",
+                                    'on': 'email_clicked',
+                                    'delay': dt.timedelta(days=1),
+                                    }, {
+                                    'name': "Reminder",
+                                    'on': 'email_opened_not',
+                                    'delay': dt.timedelta(days=2),
+                                    }])],
+                    }])
+
+        self.trigger()
+        self.assertEqual(self.calls('Scenario.trigger'), [(None,)])
+        # the condition went through Record.eval: Zed does not enter
+        self.assertEqual(len(self.calls('Record.eval')), 4)
+        self.assertEqual(
+            sorted(n for _, n in self.calls('RecordActivity.get')),
+            ["Welcome"] * 3)
+
+        self.process()
+        self.assertEqual(self.calls('RecordActivity.process'), [()])
+        self.assertTrue(self.calls('RecordActivity.do'))
+        self.assertTrue(self.calls('RecordActivity._cancel_opposite'))
+        executed = self.calls('Activity.execute')
+        self.assertEqual(len(executed), 3)
+        for name, model, _, kwargs in executed:
+            self.assertEqual(name, "Welcome")
+            self.assertEqual(model, 'marketing.automation.record.activity')
+        # and again when the entries are done
+        self.assertEqual(len(self.calls('Record.eval')), 7)
+        self.assertEqual(len(self.calls('Activity.execute_send_email')), 3)
+        self.assertEqual(
+            {m for m, _ in self.calls('Activity.email_context')},
+            {'marketing.automation.record'})
+        self.assertEqual(
+            {m for m, _ in self.calls('Activity._email_recipient')},
+            {'party.party'})
+        self.assertEqual(len(self.calls('Activity._email')), 3)
+        self.assertEqual(len(self.calls('Record.language')), 3)
+
+        # the overrides made the emails
+        message, links = self.mail_to('archer@example.com')
+        self.assertEqual(message['X-Site'], 'site')
+        self.assertIn("Autumn for Ann Archer", message.get_body(
+                ('plain',)).get_content())
+        self.assertTrue(message['List-Unsubscribe'])
+        self.assertEqual(self.smtp.to('bob@example.com'), [])
+        desk_message, _ = self.mail_to('desk@site.example')
+        self.assertEqual(desk_message['To'], 'Front Desk <desk@site.example>')
+        aime_message, _ = self.mail_to('martin@example.com')
+        self.assertEqual(aime_message['Content-Language'], 'fr')
+        self.assertEqual(self.smtp.to('zorro@example.com'), [])
+
+        # the reminders wait through set_delay
+        self.assertIn(
+            ("Reminder",), self.calls('RecordActivity.set_delay'))
+
+        # a person clicks: the click and the open go through the overrides,
+        # the child waiting for the click is made due through set_delay,
+        # and the reminder is cancelled through cancel
+        shop = [href for href, text in links if text == "Shop"][0]
+        response = human_request(self.client, shop)
+        self.assertTrue(response.status_code in {301, 302, 303})
+        decide_events()
+        with inspecting():
+            welcome = self.entry(ann, "Welcome")
+            later = self.entry(ann, "Later")
+            reminder = self.entry(ann, "Reminder")
+            self.assertTrue(welcome.email_clicked)
+            self.assertEqual(reminder.state, 'cancelled')
+            self.assertGreater(
+                later.at, dt.datetime.now() + dt.timedelta(days=1)
+                + dt.timedelta(minutes=50))
+        self.assertIn(
+            ([welcome.id],), self.calls('RecordActivity.on_email_clicked'))
+        self.assertEqual(
+            sorted(e for i, e in self.calls('RecordActivity._on_event')
+                if i == welcome.id),
+            ['email_clicked', 'email_opened'])
+        self.assertIn(("Later",), self.calls('RecordActivity.set_delay'))
+        self.assertIn(
+            ([reminder.id],), self.calls('RecordActivity.cancel'))
+
+        # the email opened by another person goes through on_email_opened
+        aime_pixel = html_links(
+            aime_message.get_body(('html',)).get_content())[1][-1]
+        human_request(self.client, aime_pixel)
+        decide_events()
+        with inspecting():
+            aime_welcome = self.entry(aime, "Welcome")
+            self.assertTrue(aime_welcome.email_opened)
+        self.assertIn(
+            ([aime_welcome.id],), self.calls('RecordActivity.on_email_opened'))
+
+        # the recipient unsubscribes in one click: through Record.block
+        url = message['List-Unsubscribe'].strip('<>')
+        response = self.client.post(
+            url, data=ONE_CLICK,
+            content_type='application/x-www-form-urlencoded')
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(len(self.calls('Record.block')), 1)
+        with inspecting():
+            self.assertTrue(self.entry(ann, "Welcome").record.blocked)
+
+        # nothing of the API was skipped
+        site_module = site()
+        for class_name, names in API.items():
+            klass = getattr(site_module, class_name)
+            for name in names:
+                self.assertIn(
+                    name, vars(klass),
+                    msg=f"the site module does not override {name}")
+                self.assertTrue(
+                    self.calls(f'{class_name}.{name}'),
+                    msg=f"{class_name}.{name} was never called")
+
+
+class OverriddenTestCase(unittest.TestCase):
+    "How the engine tells a method of another module from its own"
+
+    def test_overridden(self):
+        from trytond.modules.marketing_automation.overrides import overridden
+
+        class Own:
+            __module__ = 'trytond.modules.marketing_automation.engine'
+
+            def execute(self):
+                pass
+
+            def language(self):
+                pass
+
+        class Tests(Own):
+            __module__ = 'trytond.modules.marketing_automation.tests.site'
+
+            def execute(self):
+                pass
+
+        class Other(Own):
+            __module__ = 'trytond.modules.site_shop.marketing'
+
+            def language(self):
+                pass
+
+        class Pooled(Other):
+            __module__ = 'trytond.modules.marketing_automation.sale'
+
+            def language(self):
+                pass
+
+        self.assertTrue(overridden(Tests, 'execute'))
+        self.assertFalse(overridden(Tests, 'language'))
+        self.assertTrue(overridden(Other(), 'language'))
+        self.assertFalse(overridden(Other, 'execute'))
+        # a class of this module after the site's: the first one counts
+        self.assertFalse(overridden(Pooled, 'language'))
+        self.assertFalse(overridden(Pooled, 'missing'))
