@@ -61,6 +61,12 @@ TREND_PERIODS = 10
 Entry = namedtuple('Entry', ['id', 'record', 'reference'])
 Entry.__doc__ = """A due record activity: its id, the id of its marketing
 record and the reference of the underlying record ('model,id')"""
+EventKind = namedtuple(
+    'EventKind', ['name', 'action', 'label', 'negative_label'])
+EventKind.__doc__ = """An event that an action produces, which the children
+of its activities wait for (or wait for it not to happen): its name is also
+the Boolean column of the record activity that flags it; declared once with
+Activity.declare_event"""
 Outcome = namedtuple('Outcome', ['errors', 'later'])
 Outcome.__doc__ = """What an action made of a batch of entries: errors maps
 the entries whose action was not done to why, later holds the entries whose
@@ -814,10 +820,10 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
       batch of due entries and returns an ``Outcome``, or
       ``execute_<action>(record_activity)`` runs it for one entry, as in
       Tryton's own module;
-    - ``check_<action>(field_names)`` refuses an activity that cannot run
-      it, when the fields of field_names (None for all) changed;
-    - ``_parent_action_events()`` tells the events it produces, for the
-      children to wait for.
+    - ``check_action_<action>(field_names)`` refuses an activity that
+      cannot run it, when the fields of field_names (None for all) changed;
+    - ``declare_event(EventKind(...))``, called from ``__setup__``, declares
+      each event it produces, for the children to wait for.
 
     The engine calls ``advance`` with the due entries of the activity."""
     __name__ = 'marketing.automation.activity'
@@ -883,6 +889,7 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
         cls._sql_indexes.add(Index(t, (t.parent, Index.Equality())))
         # the rights and the rules of the scenario are the activity's
         cls.__access__.add('scenario')
+        cls._event_kinds = []
         cls._buttons.update({
                 'resume': {
                     'invisible': ~Eval('error'),
@@ -905,13 +912,30 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
         super().__post_setup__()
 
     @classmethod
+    def declare_event(cls, kind):
+        """Declare the EventKind that an action produces: the selections of
+        the children's event and on, and the checks, derive from it"""
+        cls._event_kinds.append(kind)
+        cls.event.selection.append((kind.name, kind.label))
+        cls.on.selection.extend([
+                (kind.name, kind.label),
+                (kind.name + '_not', kind.negative_label),
+                ])
+
+    @classmethod
+    def event_kinds(cls):
+        "The EventKinds declared, in order"
+        return list(cls._event_kinds)
+
+    @classmethod
     def _parent_action_events(cls):
         """The events that each action produces, as {action: [event, …]}
 
-        The children of an activity wait for the events of its action.  An
-        event is also the name of the Boolean column of the record activity
-        that flags it (see RecordActivity.on_events)."""
-        return {}
+        The children of an activity wait for the events of its action."""
+        events = defaultdict(list)
+        for kind in cls._event_kinds:
+            events[kind.action].append(kind.name)
+        return dict(events)
 
     @classmethod
     @ModelView.button
@@ -1070,7 +1094,8 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
             if authored:
                 activity.check_condition_access()
             if activity.action:
-                check = getattr(activity, 'check_%s' % activity.action, None)
+                check = getattr(
+                    activity, 'check_action_%s' % activity.action, None)
                 if check:
                     check(field_names)
 

@@ -54,7 +54,7 @@ from trytond.transaction import Transaction
 from . import mailing, marketing_automation, rendering, urls
 from .exceptions import ActivityFault, TemplateError
 from .marketing_automation import (
-    Entry, Outcome, _now, _round_rate, marketing_parties)
+    Entry, EventKind, Outcome, _now, _round_rate, marketing_parties)
 from .overrides import current_run, overridden
 from .tools import for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 LEASE = datetime.timedelta(minutes=10)
 MAX_ATTEMPTS = 10
 SEND_EMAIL = 'send_email'
-EVENTS = ['email_opened', 'email_clicked']
 
 
 def retry_delay(attempts):
@@ -140,16 +139,12 @@ class Activity(metaclass=PoolMeta):
     def __setup__(cls):
         super().__setup__()
         cls.action.selection.append((SEND_EMAIL, "Send Email"))
-        cls.event.selection.extend([
-                ('email_opened', "Email Opened"),
-                ('email_clicked', "Email Clicked"),
-                ])
-        cls.on.selection.extend([
-                ('email_opened', "Email Opened"),
-                ('email_opened_not', "Email Not Opened"),
-                ('email_clicked', "Email Clicked"),
-                ('email_clicked_not', "Email Not Clicked"),
-                ])
+        cls.declare_event(EventKind(
+                'email_opened', SEND_EMAIL, "Email Opened",
+                "Email Not Opened"))
+        cls.declare_event(EventKind(
+                'email_clicked', SEND_EMAIL, "Email Clicked",
+                "Email Not Clicked"))
 
     @classmethod
     def view_attributes(cls):
@@ -159,13 +154,7 @@ class Activity(metaclass=PoolMeta):
                     }),
             ]
 
-    @classmethod
-    def _parent_action_events(cls):
-        events = super()._parent_action_events()
-        events[SEND_EMAIL] = EVENTS
-        return events
-
-    def check_send_email(self, field_names=None):
+    def check_action_send_email(self, field_names=None):
         """Refuse the activity if its title or its template does not compile,
         if one of its links is refused, or if its sender is not an email
         address, in any language"""
