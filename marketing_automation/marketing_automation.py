@@ -45,9 +45,10 @@ from trytond.sendmail import (  # noqa: F401
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import mailing
+from . import gates, mailing
 from .exceptions import (
     ActivityError, ActivityFault, ConditionError, DomainError)
+from .gates import DueBatch
 from .mixin import MarketingAutomationMixin
 from .overrides import Run, current_run, overridden, running, stop_running
 from .tools import (
@@ -67,6 +68,10 @@ EventKind.__doc__ = """An event that an action produces, which the children
 of its activities wait for (or wait for it not to happen): its name is also
 the Boolean column of the record activity that flags it; declared once with
 Activity.declare_event"""
+Waiting = namedtuple(
+    'Waiting', ['at', 'waiting_for', 'waiting_since', 'waiting_until'])
+Waiting.__doc__ = """When a due entry became due, and why, since when and
+until when it waited last"""
 Outcome = namedtuple('Outcome', ['errors', 'later'])
 Outcome.__doc__ = """What an action made of a batch of entries: errors maps
 the entries whose action was not done to why, later holds the entries whose
@@ -1408,6 +1413,10 @@ class Record(ModelSQL, ModelView):
             },
         help="A blocked record runs no more activity.")
     uuid = fields.Char("UUID", readonly=True, required=True, strip=False)
+    converted_date = fields.DateTime(
+        "Converted", readonly=True,
+        help="When the record reached the goal of the scenario and left "
+        "it.")
 
     @classmethod
     def __setup__(cls):
@@ -1491,7 +1500,20 @@ class Record(ModelSQL, ModelView):
         default = default.copy() if default else {}
         default.setdefault('uuid', lambda data: cls.default_uuid())
         default.setdefault('blocked', False)
+        default.setdefault('converted_date', None)
         return super().copy(records, default=default)
+
+    @classmethod
+    def convert(cls, ids):
+        "Mark converted now the records of ids not converted yet"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        now = _now()
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.update(
+                    [table.converted_date], [now],
+                    where=reduce_ids(table.id, list(sub))
+                    & (table.converted_date == Null)))
 
     @classmethod
     @ModelView.button
@@ -1546,10 +1568,32 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ('cancelled', "Cancelled"),
             ], "State", required=True, readonly=True, sort=False)
 
+    _waiting_states = {
+        'invisible': ~Eval('waiting_for') | (Eval('state') != 'waiting'),
+        }
+    waiting_for = fields.Selection([
+            (None, ""),
+            ], "Waiting For", readonly=True, states=_waiting_states,
+        help="Why the entry waits although it is due.")
+    waiting_since = fields.DateTime(
+        "Waiting Since", readonly=True, states=_waiting_states)
+    waiting_until = fields.DateTime(
+        "Waiting Until", readonly=True, states=_waiting_states,
+        help="When the entry is due again.")
+    del _waiting_states
+
+    # The gates that due entries pass, in order (see gates.py): one line
+    GATES = ['outbox', 'goal', 'event', 'window', 'cap']
+
     @classmethod
     def __setup__(cls):
         super().__setup__()
         t = cls.__table__()
+        # the entries held back, counted on the scenarios and activities
+        cls._sql_indexes.add(Index(t,
+                (t.activity, Index.Equality()),
+                (t.waiting_until, Index.Range()),
+                where=(t.state == 'waiting') & (t.waiting_for != Null)))
         cls._sql_constraints += [
             ('activity_record_unique', Unique(t, t.activity, t.record),
                 'marketing_automation.msg_activity_record_unique'),
@@ -1567,6 +1611,25 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ('waiting', 'done'),
             ('waiting', 'cancelled'),
             }
+
+    @classmethod
+    def __post_setup__(cls):
+        super().__post_setup__()
+        for gate in cls.ordered_gates():
+            if gate.label and (gate.name, gate.label) not in (
+                    cls.waiting_for.selection):
+                cls.waiting_for.selection.append((gate.name, gate.label))
+
+    @classmethod
+    def gates(cls):
+        """The Gate classes, by name: a feature adds its own (its name must
+        be in GATES, whose order they are asked in)"""
+        return {}
+
+    @classmethod
+    def ordered_gates(cls):
+        gates = cls.gates()
+        return [gates[n] for n in cls.GATES if n in gates]
 
     @classmethod
     def get_activity_actions(cls):
@@ -1730,10 +1793,13 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def process(cls):
-        "Queue the due entries of the running scenarios"
+        """Run the periodic work of the gates, then queue the due entries of
+        the running scenarios"""
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         cursor = Transaction().connection.cursor()
+        for gate in cls.ordered_gates():
+            gate.periodic(cls, _now())
         now = _now()
         from_, (table, _, _, activity), running = cls._due()
         # One query: reading them by pages would search the due entries
@@ -1751,16 +1817,190 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @classmethod
     def _due_where(cls, table, now):
         """The SQL condition on the entries of table that they may be done
-        at now, beside being waiting and past their time: override it to
-        hold entries back"""
-        return Literal(True)
+        at now, beside being waiting and past their time: an entry held
+        until a time waits for it"""
+        if not cls._held(now):
+            # an extra condition would change the plan of the query of the
+            # due entries for nothing
+            return Literal(True)
+        return (table.waiting_until == Null) | (table.waiting_until <= now)
+
+    @classmethod
+    def _held(cls, now):
+        "Whether some entries are held back beyond now (one indexed read)"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.select(
+                Literal(1),
+                where=(table.state == 'waiting')
+                & (table.waiting_for != Null)
+                & (table.waiting_until > now),
+                limit=1))
+        return cursor.fetchone() is not None
 
     @classmethod
     def _filter_due(cls, due, now):
         """The entries of due ({activity id: [Entry, …]}, locked) that are
-        to be done now: override it to hold some back (they stay waiting)
-        or to settle them otherwise"""
-        return due
+        to be done now, once the gates have answered; the others are held
+        or settled as the gates say, here"""
+        pool = Pool()
+        batch = DueBatch(cls, due, now)
+        going = batch.entries()
+        verdicts, asked = [], []
+        for Gate in cls.ordered_gates():
+            gate = Gate(batch)
+            if not going or not gate.applies():
+                continue
+            verdict = gate.judge(going)
+            answered = verdict.answered()
+            going = [e for e in going if e.id not in answered]
+            verdicts.append(verdict)
+            asked.append(gate)
+        for gate in asked:
+            gate.admit(going)
+
+        held, settled, faults = {}, {}, defaultdict(dict)
+        for verdict in verdicts:
+            held.update(verdict.held)
+            settled.update(verdict.settled)
+            for (model, record_id), fault in verdict.faults.items():
+                faults[model][record_id] = fault
+        cls._hold(
+            {i: h for i, h in held.items() if h[0] is not None}, now)
+        rows = batch.shared('rows', dict)
+        cls._release([
+                i for i, row in rows.items()
+                if row.waiting_for and i not in held])
+        cls._settle(settled, batch)
+        for model, errors in faults.items():
+            pool.get(model).set_faults(
+                {i: m for i, (m, _) in errors.items()},
+                {i: e for i, (_, e) in errors.items() if e is not None})
+
+        result = defaultdict(list)
+        # in the order they became due, when it is known
+        if rows:
+            going.sort(key=lambda e: (rows[e.id].at, e.id))
+        for entry in going:
+            result[batch.activity_of[entry.id]].append(entry)
+        return result
+
+    @classmethod
+    def _settle(cls, settled, batch):
+        "Settle the entries as the gates said (settled: {id: Settle})"
+        leaving, skipped = set(), defaultdict(dict)
+        entries = {e.id: e for e in batch.entries()}
+        for entry_id, settle in settled.items():
+            if settle.how == gates.LEAVE:
+                leaving.add(entries[entry_id].record)
+            else:
+                skipped[settle.flags][entry_id] = settle.error
+        Pool().get('marketing.automation.record').convert(leaving)
+        for sub in grouped_slice(leaving, backend.MAX_QUERY_PARAMS):
+            cls.leave(lambda table, sub=list(sub): reduce_ids(
+                    table.record, sub))
+        for flags, errors in skipped.items():
+            cls.complete(errors, flags={f: list(errors) for f in flags})
+
+    @classmethod
+    def leave(cls, where):
+        """Take out of their scenario the records whose entries match where
+        (the goal reached): cancel their waiting entries, with the reason,
+        and drop their emails that are still in the outbox
+
+        where(table) is the SQL condition on the table of the record
+        activities that selects the entries of the records.  An email that
+        the mail server accepted is completed as any other."""
+        pool = Pool()
+        Email = pool.get('marketing.automation.email')
+        email = Email.__table__()
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*email.delete(
+                where=(email.state == 'pending')
+                & email.record_activity.in_(table.select(
+                        table.id,
+                        where=(table.state == 'waiting') & where(table)))))
+        cls.set_cancelled(
+            lambda table: where(table) & none_of(cls.in_progress(table)),
+            error=gettext(
+                'marketing_automation.msg_record_activity_goal_reached'))
+
+    @classmethod
+    def _hold(cls, held, now):
+        """Write why and until when the entries of held ({entry id: (reason,
+        until)}) wait; since when stays for those that waited for the same
+        reason"""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        groups = defaultdict(list)
+        for entry_id, key in held.items():
+            groups[key].append(entry_id)
+        for (reason, until), ids in groups.items():
+            since = Case(
+                (table.waiting_for == reason, table.waiting_since),
+                else_=now)
+            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+                cursor.execute(*table.update(
+                        [table.waiting_for, table.waiting_since,
+                            table.waiting_until, table.write_date],
+                        [reason, since, until, now],
+                        where=reduce_ids(table.id, list(sub))))
+
+    @classmethod
+    def _release(cls, ids):
+        "Forget why the entries of ids waited"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.update(
+                    [table.waiting_for, table.waiting_since,
+                        table.waiting_until],
+                    [Null, Null, Null],
+                    where=reduce_ids(table.id, list(sub))))
+
+    @classmethod
+    def waiting_rows(cls, batch):
+        """The Waiting row of each entry of the batch, read once for the
+        batch and kept for the engine"""
+        rows = batch.shared('rows', dict)
+        missing = [e.id for e in batch.entries() if e.id not in rows]
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        for sub in grouped_slice(missing, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*table.select(
+                    table.id, table.at, table.waiting_for,
+                    table.waiting_since, table.waiting_until,
+                    where=reduce_ids(table.id, list(sub))))
+            rows.update((r[0], Waiting(*r[1:])) for r in cursor)
+        return rows
+
+    @classmethod
+    def count_waiting(cls, reason, by, ids):
+        """How many entries of each of ids wait now for reason: ids are
+        activities or scenarios, as by says"""
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        table = cls.__table__()
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        now = _now()
+        if by == 'scenario':
+            from_ = table.join(record, condition=table.record == record.id)
+            column = record.scenario
+        else:
+            from_, column = table, table.activity
+        counts = dict.fromkeys(ids, 0)
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            cursor.execute(*from_.select(
+                    column, Count(),
+                    where=reduce_ids(column, list(sub))
+                    & (table.state == 'waiting')
+                    & (table.waiting_for == reason)
+                    & (table.waiting_until > now),
+                    group_by=[column]))
+            counts.update(cursor)
+        return counts
 
     @classmethod
     def do(cls, record_activities, **kwargs):

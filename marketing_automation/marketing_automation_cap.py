@@ -36,9 +36,10 @@ from trytond.pyson import Eval
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import marketing_automation as engine
 from . import pacing
 from .marketing_automation_email import SEND_EMAIL
+from .gates import SKIP, Gate, Verdict
+from .marketing_automation_window import hold_held, paced_entries, pacing_of
 from .tools import batch_size, for_update
 
 CAP = 'cap'
@@ -154,6 +155,85 @@ class Activity(metaclass=PoolMeta):
         return counts
 
 
+class CapGate(Gate):
+    """Holds the emails that would take a party over a frequency cap until
+    they fit, and settles those that would wait too long: done, without
+    their email"""
+    name = CAP
+    label = "Frequency Cap"
+
+    def applies(self):
+        if not any(p['capped'] for p in pacing_of(self.batch).values()):
+            return False
+        try:
+            return bool(frequency_caps())
+        except pacing.CapError:
+            # the activities must show it
+            return True
+
+    @classmethod
+    def periodic(cls, RecordActivity, now):
+        RecordActivity._forget_slots(now)
+
+    def judge(self, entries):
+        RecordActivity = self.batch.RecordActivity
+        verdict = Verdict()
+        self.let_go = []
+        pacing_ = pacing_of(self.batch)
+        now = self.batch.now
+        paced = paced_entries(self.batch)
+        capped = [
+            paced[e.id] for e in entries
+            if pacing_[self.batch.activity_of[e.id]]['capped']
+            and paced[e.id].party is not None]
+        if not capped:
+            return verdict
+        try:
+            caps, delay = frequency_caps(), cap_delay()
+        except pacing.CapError as exception:
+            error = gettext(
+                'marketing_automation.msg_frequency_cap_%s'
+                % exception.problem, rule=exception.rule)
+            for activity_id in {e.activity for e in capped}:
+                verdict.stop(
+                    [e.entry.id for e in capped
+                        if e.activity == activity_id],
+                    'marketing.automation.activity', activity_id, error)
+            return verdict
+        if not caps:
+            return verdict
+        capped = hold_held(capped, verdict, now)
+
+        parties = sorted({e.party for e in capped})
+        RecordActivity._lock_caps(parties, now)
+        sent = RecordActivity._sent(parties, caps, now)
+        waiting = defaultdict(list)
+        for entry in capped:
+            waiting[entry.party].append(entry)
+        error = gettext('marketing_automation.msg_record_activity_capped')
+        for party, entries_ in waiting.items():
+            entries_.sort(key=lambda e: (e.at, e.entry.id))
+            count, fit = pacing.share(
+                caps, sent.get(party, ()), now, len(entries_))
+            self.let_go.extend(entries_[:count])
+            for entry in entries_[count:]:
+                since = (entry.waiting_since
+                    if entry.waiting_for == CAP and entry.waiting_since
+                    else now)
+                if fit > since + delay:
+                    verdict.settle(
+                        entry.entry.id, SKIP, error, ['email_capped'])
+                else:
+                    verdict.hold(entry.entry.id, CAP, fit)
+        return verdict
+
+    def admit(self, entries):
+        going = {e.id for e in entries}
+        self.batch.RecordActivity._take_slots(
+            [e for e in getattr(self, 'let_go', ()) if e.entry.id in going],
+            self.batch.now)
+
+
 class RecordActivity(metaclass=PoolMeta):
     __name__ = 'marketing.automation.record.activity'
 
@@ -166,78 +246,12 @@ class RecordActivity(metaclass=PoolMeta):
         "longer than an email may wait.")
 
     @classmethod
-    def __setup__(cls):
-        super().__setup__()
-        cls.waiting_for.selection.append((CAP, "Frequency Cap"))
+    def gates(cls):
+        return {**super().gates(), CAP: CapGate}
 
     @classmethod
     def default_email_capped(cls):
         return False
-
-    @classmethod
-    def _paces(cls, pacing_):
-        if super()._paces(pacing_):
-            return True
-        if not any(p['capped'] for p in pacing_.values()):
-            return False
-        try:
-            return bool(frequency_caps())
-        except pacing.CapError:
-            # the activities must show it
-            return True
-
-    @classmethod
-    def _pace(cls, entries, pacing_, now, held):
-        going = super()._pace(entries, pacing_, now, held)
-        capped = [
-            e for e in going
-            if pacing_[e.activity]['capped'] and e.party is not None]
-        if not capped:
-            return going
-        try:
-            caps, delay = frequency_caps(), cap_delay()
-        except pacing.CapError as exception:
-            cls._cap_fault({e.activity for e in capped}, exception)
-            stopped = {e.entry.id for e in capped}
-            return [e for e in going if e.entry.id not in stopped]
-        if not caps:
-            return going
-
-        parties = sorted({e.party for e in capped})
-        cls._lock_caps(parties, now)
-        sent = cls._sent(parties, caps, now)
-        waiting = defaultdict(list)
-        for paced in capped:
-            waiting[paced.party].append(paced)
-        let_go, dropped = [], []
-        for party, entries_ in waiting.items():
-            entries_.sort(key=lambda e: (e.at, e.entry.id))
-            count, fit = pacing.share(
-                caps, sent.get(party, ()), now, len(entries_))
-            let_go.extend(entries_[:count])
-            for paced in entries_[count:]:
-                since = (paced.waiting_since
-                    if paced.waiting_for == CAP and paced.waiting_since
-                    else now)
-                if fit > since + delay:
-                    dropped.append(paced)
-                else:
-                    held[paced.entry.id] = (CAP, fit)
-        cls._take_slots(let_go, now)
-        cls._drop(dropped)
-        stopped = {e.entry.id for e in capped} - {
-            e.entry.id for e in let_go}
-        return [e for e in going if e.entry.id not in stopped]
-
-    @classmethod
-    def _cap_fault(cls, activity_ids, exception):
-        """Pause the capped activities while the configuration of the cap
-        is wrong: their entries wait, none is consumed"""
-        Activity = Pool().get('marketing.automation.activity')
-        error = gettext(
-            'marketing_automation.msg_frequency_cap_%s' % exception.problem,
-            rule=exception.rule)
-        Activity.set_faults({a: error for a in activity_ids})
 
     @classmethod
     def _lock_caps(cls, party_ids, now):
@@ -324,23 +338,6 @@ class RecordActivity(metaclass=PoolMeta):
                         [transaction.user, now, e.party, e.entry.id, now]
                         for e in sub],
                     on_conflict=on_conflict))
-
-    @classmethod
-    def _drop(cls, entries):
-        """Do the Paced entries without their email, which the cap would
-        hold back for too long: as for an email that the server refused,
-        their records go on to the children"""
-        if not entries:
-            return
-        ids = [e.entry.id for e in entries]
-        error = gettext('marketing_automation.msg_record_activity_capped')
-        cls.complete(
-            {i: error for i in ids}, flags={'email_capped': ids})
-
-    @classmethod
-    def process(cls):
-        super().process()
-        cls._forget_slots(engine._now())
 
     @classmethod
     def _forget_slots(cls, now):

@@ -55,6 +55,7 @@ from . import mailing, marketing_automation, rendering, urls
 from .exceptions import ActivityFault, TemplateError
 from .marketing_automation import (
     Entry, EventKind, Outcome, _now, _round_rate, marketing_parties)
+from .gates import Gate
 from .overrides import current_run, overridden
 from .tools import for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
@@ -438,12 +439,8 @@ class RecordActivity(metaclass=PoolMeta):
                 Literal(1), where=email.record_activity == table.id))
 
     @classmethod
-    def process(cls):
-        "Queue the emails that wait for another attempt, then the due work"
-        pool = Pool()
-        Email = pool.get('marketing.automation.email')
-        Email.ready()
-        super().process()
+    def gates(cls):
+        return {**super().gates(), OutboxGate.name: OutboxGate}
 
     @classmethod
     @ModelView.button
@@ -481,6 +478,21 @@ class RecordActivity(metaclass=PoolMeta):
 # what the engine gives Activity._email besides its arguments, by name
 _EMAIL_PARTS = contextvars.ContextVar(
     'marketing_automation_email_parts', default=None)
+
+
+class OutboxGate(Gate):
+    """The outbox: an entry whose email is on its way is not due (see
+    RecordActivity.in_progress); before each run, the emails that wait for
+    another attempt are queued"""
+    name = 'outbox'
+
+    @classmethod
+    def periodic(cls, RecordActivity, now):
+        Pool().get('marketing.automation.email').ready()
+
+    def applies(self):
+        return False
+
 
 Recipient = namedtuple(
     'Recipient', ['entry', 'record', 'uuid', 'name', 'address', 'language'])

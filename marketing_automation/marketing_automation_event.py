@@ -51,6 +51,7 @@ from trytond.pyson import Eval
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
+from .gates import Gate, Verdict
 from .tools import id_batches
 
 VERDICTS = [
@@ -556,26 +557,41 @@ class RecordActivity(metaclass=PoolMeta):
         return values
 
     @classmethod
-    def _filter_due(cls, due, now):
-        """Hold the entries that wait for an event not to happen while a
-        request of their parent's email that could make it happen is still
-        undecided: they go, or are cancelled, once it is decided
+    def gates(cls):
+        return {**super().gates(), EventGate.name: EventGate}
 
-        An undecided request younger than the trap window may be a person's
-        click; older, it is one at delivery that nobody confirmed, and it
-        holds nothing."""
+
+class EventGate(Gate):
+    """Holds the entries that wait for an event not to happen while a
+    request of their parent's email that could make it happen is still
+    undecided: they go, or are cancelled, once it is decided
+
+    An undecided request younger than the trap window may be a person's
+    click; older, it is one at delivery that nobody confirmed, and it holds
+    nothing."""
+    name = 'event'
+
+    @classmethod
+    def periodic(cls, RecordActivity, now):
+        "Decide the requests of the emails before the due entries go"
+        Pool().get('marketing.automation.event').decide()
+
+    def applies(self):
+        return classifying()
+
+    def judge(self, entries):
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         Event = pool.get('marketing.automation.event')
-        due = super()._filter_due(due, now)
-        if not classifying():
-            return due
+        verdict = Verdict()
         event = Event.__table__()
-        parent = cls.__table__()
+        parent = self.batch.RecordActivity.__table__()
         cursor = Transaction().connection.cursor()
-        since = now - _seconds('event_trap_window', 120)
-        result = dict(due)
-        for activity in Activity.browse(list(due)):
+        since = self.batch.now - _seconds('event_trap_window', 120)
+        by_activity = defaultdict(list)
+        for entry in entries:
+            by_activity[self.batch.activity_of[entry.id]].append(entry)
+        for activity in Activity.browse(list(by_activity)):
             if not (activity.negative and activity.event
                     and isinstance(activity.parent, Activity)):
                 continue
@@ -586,7 +602,7 @@ class RecordActivity(metaclass=PoolMeta):
                 continue
             held = set()
             for sub in grouped_slice(
-                    [e.record for e in due[activity.id]],
+                    [e.record for e in by_activity[activity.id]],
                     backend.MAX_QUERY_PARAMS):
                 cursor.execute(*event.join(parent,
                         condition=event.record_activity == parent.id
@@ -598,18 +614,10 @@ class RecordActivity(metaclass=PoolMeta):
                         & (event.at > since),
                         group_by=[parent.record]))
                 held.update(r for r, in cursor)
-            if held:
-                result[activity.id] = [
-                    e for e in due[activity.id] if e.record not in held]
-        return result
-
-    @classmethod
-    def process(cls):
-        "Decide the requests of the emails, then process the due entries"
-        pool = Pool()
-        Event = pool.get('marketing.automation.event')
-        Event.decide()
-        super().process()
+            for entry in by_activity[activity.id]:
+                if entry.record in held:
+                    verdict.hold(entry.id)
+        return verdict
 
 
 class Activity(metaclass=PoolMeta):

@@ -41,8 +41,9 @@ from trytond.transaction import Transaction
 from .exceptions import DomainError
 from .marketing_automation import (
     _as_date, _describe, _eval_environment, _now, _round_rate)
+from .gates import LEAVE, Gate, Verdict
 from .marketing_automation_reporting import percent, rate
-from .tools import contained, none_of
+from .tools import contained
 
 # Two days to tell whether a goal uses the date of entry
 _PROBE_DAYS = (datetime.date(2000, 1, 1), datetime.date(2000, 1, 2))
@@ -249,27 +250,14 @@ class Scenario(metaclass=PoolMeta):
 class Record(metaclass=PoolMeta):
     __name__ = 'marketing.automation.record'
 
-    converted_date = fields.DateTime(
-        "Converted", readonly=True,
-        help="When the record reached the goal of the scenario and left "
-        "it.")
-
     @classmethod
-    def copy(cls, records, default=None):
-        default = default.copy() if default else {}
-        default.setdefault('converted_date', None)
-        return super().copy(records, default=default)
-
-    @classmethod
-    def check_goals(cls, ids):
-        """Convert the records of ids that meet the goal of their scenario,
-        and take the converted ones (now or before) out of their scenario
-
-        Returns the ids of the records converted, and of those whose goal
-        could not be checked: their scenario shows why."""
+    def goals_met(cls, ids):
+        """Which records of ids met the goal of their scenario, read only:
+        the ids of those converted, before or now, those whose goal could
+        not be checked, and the fault of the scenario of these
+        ({scenario id: (message, exception)})"""
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
-        RecordActivity = pool.get('marketing.automation.record.activity')
         table = cls.__table__()
         scenario = Scenario.__table__()
         cursor = Transaction().connection.cursor()
@@ -287,71 +275,49 @@ class Record(metaclass=PoolMeta):
                 elif goal:
                     to_check[scenario_id].append(
                         (record_id, reference, entered))
-        met, unchecked, faults, exceptions = set(), set(), {}, {}
+        unchecked, faults = defaultdict(set), {}
         for scenario in Scenario.browse(list(to_check)):
             records = to_check[scenario.id]
             exception = contained(
-                lambda: met.update(scenario.records_meeting_goal(records)))
+                lambda: converted.update(
+                    scenario.records_meeting_goal(records)))
             if exception is not None:
-                unchecked.update(r for r, _, _ in records)
-                faults[scenario.id] = scenario.goal_fault(exception)
-                exceptions[scenario.id] = exception
-        Scenario.set_faults(faults, exceptions)
-        if met:
-            now = _now()
-            for sub in grouped_slice(met, backend.MAX_QUERY_PARAMS):
-                cursor.execute(*table.update(
-                        [table.converted_date], [now],
-                        where=reduce_ids(table.id, list(sub))
-                        & (table.converted_date == Null)))
-        converted |= met
-        for sub in grouped_slice(converted, backend.MAX_QUERY_PARAMS):
-            RecordActivity.leave(
-                lambda table, sub=list(sub): reduce_ids(table.record, sub))
-        return converted, unchecked
+                unchecked[scenario.id].update(r for r, _, _ in records)
+                faults[scenario.id] = (
+                    scenario.goal_fault(exception), exception)
+        return converted, unchecked, faults
+
+
+class GoalGate(Gate):
+    """Settles the entries of the records that reached the goal of their
+    scenario: they leave it"""
+    name = 'goal'
+
+    def judge(self, entries):
+        Record = Pool().get('marketing.automation.record')
+        verdict = Verdict()
+        converted, unchecked, faults = Record.goals_met(
+            {e.record for e in entries})
+        error = gettext(
+            'marketing_automation.msg_record_activity_goal_reached')
+        for entry in entries:
+            if entry.record in converted:
+                verdict.settle(entry.id, LEAVE, error)
+        for scenario_id, record_ids in unchecked.items():
+            message, exception = faults[scenario_id]
+            verdict.stop(
+                [e.id for e in entries if e.record in record_ids],
+                'marketing.automation.scenario', scenario_id, message,
+                exception)
+        return verdict
 
 
 class RecordActivity(metaclass=PoolMeta):
     __name__ = 'marketing.automation.record.activity'
 
     @classmethod
-    def _filter_due(cls, due, now):
-        # a record that reached the goal gets no email anymore
-        pool = Pool()
-        Record = pool.get('marketing.automation.record')
-        due = super()._filter_due(due, now)
-        converted, unchecked = Record.check_goals(
-            {e.record for entries in due.values() for e in entries})
-        if not converted and not unchecked:
-            return due
-        return {
-            activity_id: [e for e in entries
-                if e.record not in converted and e.record not in unchecked]
-            for activity_id, entries in due.items()}
-
-    @classmethod
-    def leave(cls, where):
-        """Take out of their scenario the records that reached its goal:
-        cancel their waiting entries, with the reason, and drop their emails
-        that are still in the outbox
-
-        where(table) is the SQL condition on the table of the record
-        activities that selects the entries of the records.  An email that
-        the mail server accepted is completed as any other."""
-        pool = Pool()
-        Email = pool.get('marketing.automation.email')
-        email = Email.__table__()
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*email.delete(
-                where=(email.state == 'pending')
-                & email.record_activity.in_(table.select(
-                        table.id,
-                        where=(table.state == 'waiting') & where(table)))))
-        cls.set_cancelled(
-            lambda table: where(table) & none_of(cls.in_progress(table)),
-            error=gettext(
-                'marketing_automation.msg_record_activity_goal_reached'))
+    def gates(cls):
+        return {**super().gates(), GoalGate.name: GoalGate}
 
 
 class ReportingScenario(metaclass=PoolMeta):

@@ -23,23 +23,19 @@ import datetime
 import logging
 from collections import defaultdict, namedtuple
 
-from sql import Literal, Null
-from sql.aggregate import Count
-from sql.conditionals import Case
-
 from trytond import backend
 from trytond.cache import Cache
 from trytond.i18n import gettext
-from trytond.model import Index, fields
+from trytond.model import fields
 from trytond.pool import Pool, PoolMeta
 from trytond.pyson import Eval
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.tools.timezone import SERVER
 from trytond.transaction import Transaction
 
-from . import marketing_automation as engine
 from . import pacing
 from .exceptions import SendWindowError
+from .gates import Gate, Verdict
 from .marketing_automation_email import SEND_EMAIL
 from .tools import BROWSE_SIZE
 
@@ -300,127 +296,62 @@ class Activity(SendWindowMixin, metaclass=PoolMeta):
             for n in names}
 
 
-class RecordActivity(metaclass=PoolMeta):
-    __name__ = 'marketing.automation.record.activity'
+def pacing_of(batch):
+    "How each activity of the batch is paced: {id: Activity._pacing()}"
+    Activity = Pool().get('marketing.automation.activity')
+    return batch.shared('pacing', lambda: Activity.pacing(list(batch.due)))
 
-    _waiting_states = {
-        'invisible': ~Eval('waiting_for') | (Eval('state') != 'waiting'),
-        }
 
-    waiting_for = fields.Selection([
-            (None, ""),
-            (WINDOW, "Send Window"),
-            ], "Waiting For", readonly=True, states=_waiting_states,
-        help="Why the entry waits although it is due.")
-    waiting_since = fields.DateTime(
-        "Waiting Since", readonly=True, states=_waiting_states)
-    waiting_until = fields.DateTime(
-        "Waiting Until", readonly=True, states=_waiting_states,
-        help="When the entry is due again.")
-
-    del _waiting_states
-
-    @classmethod
-    def __setup__(cls):
-        super().__setup__()
-        t = cls.__table__()
-        # the entries held back, counted on the scenarios and activities
-        cls._sql_indexes.add(Index(t,
-                (t.activity, Index.Equality()),
-                (t.waiting_until, Index.Range()),
-                where=(t.state == 'waiting') & (t.waiting_for != Null)))
-
-    @classmethod
-    def _due_where(cls, table, now):
-        # an entry held back waits for its time
-        where = super()._due_where(table, now)
-        if not cls._held(now):
-            # an extra condition would change the plan of the query of the
-            # due entries for nothing
-            return where
-        return where & (
-            (table.waiting_until == Null) | (table.waiting_until <= now))
-
-    @classmethod
-    def _held(cls, now):
-        "Whether some entries are held back beyond now (one indexed read)"
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*table.select(
-                Literal(1),
-                where=(table.state == 'waiting')
-                & (table.waiting_for != Null)
-                & (table.waiting_until > now),
-                limit=1))
-        return cursor.fetchone() is not None
-
-    @classmethod
-    def _filter_due(cls, due, now):
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
-        due = super()._filter_due(due, now)
-        pacing_ = Activity.pacing(list(due))
-        if not cls._paces(pacing_):
-            return due
-        # an entry held back meanwhile (by a task queued before) waits
-        entries = [
-            e for e in cls._paced_entries(due, now)
-            if not e.waiting_until or e.waiting_until <= now]
-        held = {}
-        going = cls._pace(entries, pacing_, now, held)
-        cls._hold(held, now)
-        # what goes, or was settled otherwise, waits no more
-        cls._release([
-                e.entry.id for e in entries
-                if e.waiting_for and e.entry.id not in held])
-        result = defaultdict(list)
-        # in the order they became due
-        for paced in sorted(going, key=lambda e: (e.at, e.entry.id)):
-            result[paced.activity].append(paced.entry)
-        return result
-
-    @classmethod
-    def _paces(cls, pacing_):
-        """Whether the pacing ({activity id: Activity._pacing()}) may hold
-        back some entries of the activities"""
-        return any(p['window'] for p in pacing_.values())
-
-    @classmethod
-    def _paced_entries(cls, due, now):
-        "The Paced of the entries of due"
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        activity_of = {e.id: a for a, es in due.items() for e in es}
-        entries = [e for es in due.values() for e in es]
-        rows = {}
-        for sub in grouped_slice(
-                [e.id for e in entries], backend.MAX_QUERY_PARAMS):
-            cursor.execute(*table.select(
-                    table.id, table.at, table.waiting_for,
-                    table.waiting_since, table.waiting_until,
-                    where=reduce_ids(table.id, list(sub))))
-            rows.update((r[0], r[1:]) for r in cursor)
+def paced_entries(batch):
+    """The Paced of the entries of the batch, by entry id, read once for
+    the window and the cap"""
+    def read():
+        entries = batch.entries()
+        rows = batch.RecordActivity.waiting_rows(batch)
         parties, timezones = _recipients(entries)
-        return [
-            Paced(e, activity_of[e.id], rows[e.id][0], parties.get(e.id),
-                timezones.get(parties.get(e.id)), *rows[e.id][1:])
-            for e in entries]
+        return {
+            e.id: Paced(e, batch.activity_of[e.id], rows[e.id].at,
+                parties.get(e.id), timezones.get(parties.get(e.id)),
+                *rows[e.id][1:])
+            for e in entries}
+    return batch.shared('paced', read)
 
-    @classmethod
-    def _pace(cls, entries, pacing_, now, held):
-        """The Paced entries that may go now; held gets why and until when
-        the others wait ({entry id: (reason, until)}), unless the pacing
-        settled them otherwise
 
-        An override filters what super() lets go."""
-        windowed = [e for e in entries if pacing_[e.activity]['window']]
-        if not windowed:
-            return entries
+def hold_held(paced, verdict, now):
+    """Keep waiting, untouched, the Paced entries held meanwhile by a task
+    queued before; return the others"""
+    going = []
+    for entry in paced:
+        if entry.waiting_until and entry.waiting_until > now:
+            verdict.hold(entry.entry.id)
+        else:
+            going.append(entry)
+    return going
+
+
+class WindowGate(Gate):
+    """Holds the emails due outside the send window of their activity or
+    scenario until it opens, in the recipient's time zone"""
+    name = WINDOW
+    label = "Send Window"
+
+    def applies(self):
+        return any(p['window'] for p in pacing_of(self.batch).values())
+
+    def judge(self, entries):
+        verdict = Verdict()
+        pacing_ = pacing_of(self.batch)
+        now = self.batch.now
+        paced = paced_entries(self.batch)
+        windowed = hold_held([
+                paced[e.id] for e in entries
+                if pacing_[self.batch.activity_of[e.id]]['window']],
+            verdict, now)
         openings = {}
-        for paced in windowed:
-            activity = pacing_[paced.activity]
+        for entry in windowed:
+            activity = pacing_[entry.activity]
             window = activity['window']
-            name = (paced.timezone
+            name = (entry.timezone
                 or activity['timezone'] or server_timezone())
             key = (window, name)
             if key not in openings:
@@ -430,68 +361,16 @@ class RecordActivity(metaclass=PoolMeta):
                 else:
                     openings[key] = pacing.next_opening(window, tz, now)
             if openings[key] is not None:
-                held[paced.entry.id] = (WINDOW, openings[key])
-        return [e for e in entries if e.entry.id not in held]
+                verdict.hold(entry.entry.id, WINDOW, openings[key])
+        return verdict
+
+
+class RecordActivity(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.record.activity'
 
     @classmethod
-    def _hold(cls, held, now):
-        """Write why and until when the entries of held ({entry id: (reason,
-        until)}) wait; since when stays for those that waited for the same
-        reason"""
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        groups = defaultdict(list)
-        for entry_id, key in held.items():
-            groups[key].append(entry_id)
-        for (reason, until), ids in groups.items():
-            since = Case(
-                (table.waiting_for == reason, table.waiting_since),
-                else_=now)
-            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
-                cursor.execute(*table.update(
-                        [table.waiting_for, table.waiting_since,
-                            table.waiting_until, table.write_date],
-                        [reason, since, until, now],
-                        where=reduce_ids(table.id, list(sub))))
-
-    @classmethod
-    def _release(cls, ids):
-        "Forget why the entries of ids waited"
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
-            cursor.execute(*table.update(
-                    [table.waiting_for, table.waiting_since,
-                        table.waiting_until],
-                    [Null, Null, Null],
-                    where=reduce_ids(table.id, list(sub))))
-
-    @classmethod
-    def count_waiting(cls, reason, by, ids):
-        """How many entries of each of ids wait now for reason: ids are
-        activities or scenarios, as by says"""
-        pool = Pool()
-        Record = pool.get('marketing.automation.record')
-        table = cls.__table__()
-        record = Record.__table__()
-        cursor = Transaction().connection.cursor()
-        now = engine._now()
-        if by == 'scenario':
-            from_ = table.join(record, condition=table.record == record.id)
-            column = record.scenario
-        else:
-            from_, column = table, table.activity
-        counts = dict.fromkeys(ids, 0)
-        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
-            cursor.execute(*from_.select(
-                    column, Count(),
-                    where=reduce_ids(column, list(sub))
-                    & (table.state == 'waiting')
-                    & (table.waiting_for == reason)
-                    & (table.waiting_until > now),
-                    group_by=[column]))
-            counts.update(cursor)
-        return counts
+    def gates(cls):
+        return {**super().gates(), WINDOW: WindowGate}
 
 
 def _recipients(entries):

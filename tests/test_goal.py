@@ -313,7 +313,9 @@ class GoalTestCase(SendingTestMixin, TestCase):
                     return original(cursor, *args, **kwargs)
                 cursor_class.execute = execute
                 try:
-                    converted, _ = Record.check_goals(ids)
+                    # what the goal's gate reads, and the engine writes
+                    converted, _, _ = Record.goals_met(ids)
+                    Record.convert(converted)
                 finally:
                     cursor_class.execute = original
                 Transaction().rollback()
