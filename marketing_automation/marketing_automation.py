@@ -1622,14 +1622,16 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def gates(cls):
-        """The Gate classes, by name: a feature adds its own (its name must
-        be in GATES, whose order they are asked in)"""
+        """The Gate classes, by name: a feature adds its own; they are
+        asked in the order of GATES, then those it does not name"""
         return {}
 
     @classmethod
     def ordered_gates(cls):
         gates = cls.gates()
-        return [gates[n] for n in cls.GATES if n in gates]
+        names = [n for n in cls.GATES if n in gates] + sorted(
+            n for n in gates if n not in cls.GATES)
+        return [gates[n] for n in names]
 
     @classmethod
     def get_activity_actions(cls):

@@ -2,8 +2,9 @@
 """The frequency cap: at most so many marketing emails to a party in a
 rolling period, across all the scenarios ([marketing] frequency_cap).
 
-It paces the due entries as the send windows do (``RecordActivity._pace``,
-see ``marketing_automation_window.py``), after them:
+It is the last gate of the engine (``CapGate``, see gates.py), after the
+send window, and reads the due entries as the window does
+(``paced_entries``):
 
 1. on PostgreSQL, the workers lock the rows of the parties of their batch
    (``marketing.automation.cap.party``), so that two of them never take
@@ -14,7 +15,8 @@ see ``marketing_automation_window.py``), after them:
 3. the entries of each party take the free slots in the order they became
    due; the others wait for the first moment they fit, or, if that is past
    [marketing] frequency_cap_delay since they first waited for the cap,
-   are done without their email (``email_capped``).
+   are settled: done without their email (``email_capped``);
+4. the entries that go take their slots (``CapGate.admit``).
 
 The scenarios marked exempt are neither held back nor counted.
 """

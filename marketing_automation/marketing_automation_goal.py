@@ -13,10 +13,11 @@ record:
 - the trigger checks the records still in the scenario (those with a waiting
   entry), with one search per day of entry, or one search in all when the
   goal does not use that date (``Scenario.reach_goal``);
-- before the due entries of a batch are done, the records of the batch are
-  checked the same way (``Record.check_goals``, called from
-  ``RecordActivity._filter_due``), so that a record converted since the last
-  trigger gets no email.
+- before the due entries of a batch are done, the goal's gate
+  (``GoalGate``, the first of the engine's gates) checks the records of
+  the batch the same way (``Record.goals_met``) and settles the entries of
+  those converted: the engine converts the records and takes them out, so
+  that a record converted since the last trigger gets no email.
 
 A goal that fails under the cron is its scenario's fault: the scenario shows
 the error, its due entries wait, and the other scenarios go on.

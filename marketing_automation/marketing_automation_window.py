@@ -5,16 +5,13 @@ or of one of its activities, may leave, on the wall clock of the recipient.
 The time zone of a recipient is the Time Zone of the marketing party (a
 field this module adds to the party); without it, the window's own.
 
-This file also holds what the frequency cap (``marketing_automation_cap.py``)
-shares with the windows: the pacing of due entries.  It plugs into the
-engine's two hooks of the record activity:
-
-- ``_filter_due`` (under the lock of ``do``) gives the due entries to
-  ``_pace``, which each kind of pacing extends, and writes on the entries
-  held back why they wait and until when (``waiting_for``,
-  ``waiting_since``, ``waiting_until``), one statement per reason and time;
-- ``_due_where`` keeps ``process`` from queueing an entry again before its
-  ``waiting_until``, when some entry is held back (``_held``).
+The window is a gate of the engine (``WindowGate``, see gates.py): it
+holds the due entries outside their window until it opens, and the engine
+writes why and until when they wait (``waiting_for``, ``waiting_since``,
+``waiting_until``).  This file also holds what the frequency cap
+(``marketing_automation_cap.py``) shares with the window: how each
+activity is paced (``Activity.pacing``) and the due entries as pacing sees
+them (``paced_entries``), read once for both gates.
 
 An entry held back stays waiting with its ``at``: it is not consumed, and
 once its time comes it goes as any due entry.

@@ -17,6 +17,8 @@ from trytond.tests.test_tryton import (
     DB_NAME, USER, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
 
+from trytond.modules.marketing_automation.exceptions import ActivityError
+
 from .tools import (
     SendingTestMixin, committed, decide_events, html_links, human_request,
     parse_message)
@@ -220,6 +222,70 @@ class SiteModuleTestCase(SendingTestMixin, TestCase):
                 self.assertTrue(
                     self.calls(f'{class_name}.{name}'),
                     msg=f"{class_name}.{name} was never called")
+
+    def test_added_event(self):
+        """The event declared by another module: the children of its action
+        wait for it, and it makes them due"""
+        ann, = self.create_parties("Ann Visited")
+        self.running_scenario("Visits", [('id', '=', ann)], [{
+                    'name': "Visit",
+                    'action': 'record_visit',
+                    'children': [('create', [{
+                                    'name': "Returned",
+                                    'on': 'visit_returned',
+                                    'delay': dt.timedelta(hours=3),
+                                    }, {
+                                    'name': "Gone",
+                                    'on': 'visit_returned_not',
+                                    'delay': dt.timedelta(days=7),
+                                    }])],
+                    }])
+        self.run_crons()
+        with committed():
+            RecordActivity = Pool().get(
+                'marketing.automation.record.activity')
+            visit = self.entry(ann, "Visit")
+            self.assertEqual(visit.state, 'done')
+            self.assertIsNone(self.entry(ann, "Returned").at)
+            RecordActivity.on_events([visit], ['visit_returned'])
+        with inspecting():
+            self.assertTrue(self.entry(ann, "Visit").visit_returned)
+            returned = self.entry(ann, "Returned")
+            self.assertGreater(
+                returned.at, dt.datetime.now() + dt.timedelta(hours=2))
+            self.assertEqual(self.entry(ann, "Gone").state, 'cancelled')
+
+        # an email's child may not wait for it
+        with committed():
+            Activity = Pool().get('marketing.automation.activity')
+            parent, = Activity.search([('name', '=', "Visit")])
+            Activity.write([parent], {'action': 'send_email',
+                    'email_title': "Hi", 'email_template': '<p>Hi</p>'})
+            child, = Activity.search([('name', '=', "Returned")])
+            with self.assertRaises(ActivityError):
+                Activity.write([child], {'delay': dt.timedelta(hours=4)})
+            Transaction().rollback()
+
+    def test_added_gate(self):
+        """The gate added by another module holds the entries it says until
+        the time it says, and the others go"""
+        ann, quinn = self.create_parties("Ann Loud", "Quiet Quinn")
+        self.running_scenario("Quiet", [('id', 'in', [ann, quinn])], [{
+                    'name': "Hello",
+                    'action': 'send_email',
+                    'email_title': "Hello",
+                    'email_template': '<p>Hello ${record.name}</p>',
+                    }])
+        self.run_crons()
+        self.assertEqual(len(self.smtp.to('loud@example.com')), 1)
+        self.assertEqual(self.smtp.to('quinn@example.com'), [])
+        with inspecting():
+            held = self.entry(quinn, "Hello")
+            self.assertEqual(held.state, 'waiting')
+            self.assertEqual(held.waiting_for, 'quiet')
+            self.assertGreater(
+                held.waiting_until, dt.datetime.now() + dt.timedelta(
+                    hours=23))
 
 
 class OverriddenTestCase(unittest.TestCase):
