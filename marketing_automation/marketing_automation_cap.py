@@ -36,8 +36,7 @@ from trytond.pyson import Eval
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import marketing_automation as engine
-from . import pacing
+from . import pacing, tools
 from .marketing_automation_email import SEND_EMAIL
 from .tools import batch_size, for_update
 
@@ -340,7 +339,7 @@ class RecordActivity(metaclass=PoolMeta):
     @classmethod
     def process(cls):
         super().process()
-        cls._forget_slots(engine._now())
+        cls._forget_slots(tools.now())
 
     @classmethod
     def _forget_slots(cls, now):

@@ -51,6 +51,7 @@ from trytond.pyson import Eval
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
+from . import tools
 from .tools import id_batches
 
 VERDICTS = [
@@ -147,10 +148,6 @@ def classifying():
     event at once, as Tryton's own module does"""
     return config.getboolean(
         'marketing', 'event_classification', default=True)
-
-
-def _now():
-    return datetime.datetime.now().replace(microsecond=0)
 
 
 Request = namedtuple('Request', [
@@ -290,7 +287,7 @@ class Event(ModelSQL, ModelView):
         table = cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
-        now = _now()
+        now = tools.now()
         visitor = visitor or Visitor(None, None)
 
         # one link hammered by a stranger does not grow the ledger
@@ -370,7 +367,7 @@ class Event(ModelSQL, ModelView):
         those that are human, set-based"""
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        now = now or _now()
+        now = now or tools.now()
         if record_activity_ids is None:
             # an early request that nobody confirms stays undecided: it is
             # looked at for a month, not forever
@@ -494,7 +491,7 @@ class Event(ModelSQL, ModelView):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         days = config.getint('marketing', 'event_retention', default=400)
-        until = _now() - datetime.timedelta(days=days)
+        until = tools.now() - datetime.timedelta(days=days)
         for ids in id_batches(table, table.at < until):
             for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.delete(where=reduce_ids(table.id, sub)))

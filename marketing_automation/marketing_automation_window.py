@@ -37,8 +37,7 @@ from trytond.tools import grouped_slice, reduce_ids
 from trytond.tools.timezone import SERVER
 from trytond.transaction import Transaction
 
-from . import marketing_automation as engine
-from . import pacing
+from . import pacing, tools
 from .exceptions import SendWindowError
 from .marketing_automation_email import SEND_EMAIL
 from .tools import BROWSE_SIZE
@@ -475,7 +474,7 @@ class RecordActivity(metaclass=PoolMeta):
         table = cls.__table__()
         record = Record.__table__()
         cursor = Transaction().connection.cursor()
-        now = engine._now()
+        now = tools.now()
         if by == 'scenario':
             from_ = table.join(record, condition=table.record == record.id)
             column = record.scenario

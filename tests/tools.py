@@ -425,12 +425,11 @@ BROWSER = (
 
 @contextmanager
 def event_clock(delta):
-    """Move the clock of the event ledger by delta in the block: the
-    requests and the decisions happen then"""
-    from trytond.modules.marketing_automation import (
-        marketing_automation_event as events)
-    real = events._now
-    with mock.patch.object(events, '_now', lambda: real() + delta):
+    """Move the clock of the module by delta in the block: the requests
+    and the decisions of the event ledger happen then"""
+    from trytond.modules.marketing_automation import tools
+    real = tools.now
+    with mock.patch.object(tools, 'now', lambda: real() + delta):
         yield
 
 
