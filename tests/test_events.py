@@ -14,6 +14,7 @@ import io
 import os
 import shlex
 import tempfile
+from unittest import mock
 
 import lxml.html
 
@@ -354,8 +355,10 @@ class EventsTestCase(SendingTestMixin, TestCase):
 
     def process_at(self, after):
         """Run the process cron after the delivery, with the clock of the
-        module (the engine's and the ledger's) moved"""
-        self.process(after=after)
+        module moved (the ledger's follows it)"""
+        moment = module_tools.now() + after
+        with mock.patch.object(module_tools, 'now', return_value=moment):
+            self.process()
 
     def test_reminder_waits_for_an_undecided_open(self):
         """A click just before the reminder of the unopened email is due

@@ -425,11 +425,12 @@ BROWSER = (
 
 @contextmanager
 def event_clock(delta):
-    """Move the clock of the module by delta in the block: the requests
-    and the decisions of the event ledger happen then"""
-    from trytond.modules.marketing_automation import tools
-    real = tools.now
-    with mock.patch.object(tools, 'now', lambda: real() + delta):
+    """Move the clock of the event ledger by delta in the block: the
+    requests and the decisions happen then (see ledger_now)"""
+    from trytond.modules.marketing_automation import (
+        marketing_automation_event as events)
+    real = events.ledger_now
+    with mock.patch.object(events, 'ledger_now', lambda: real() + delta):
         yield
 
 
