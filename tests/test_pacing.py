@@ -9,7 +9,7 @@ outside its window, or over the cap, waits without being consumed, shows
 why and until when, and goes once it may; one that the cap would hold back
 for too long is done without being sent, counted apart as capped.
 
-The clock of the engine is moved (``_now``), never slept; the emails go to
+The clock of the module is moved (``tools.now``), never slept; the emails go to
 a real SMTP server on the loopback; two processes race for the last slot
 of the cap on PostgreSQL.
 """
