@@ -11,8 +11,15 @@ class ConditionError(ValidationError):
     pass
 
 
-class TemplateError(ValidationError):
-    pass
+class TemplateError(ValidationError, ValueError):
+    """A title or a body that is not a valid template: mailing raises it
+    with why it cannot be compiled, the activity's validation with the
+    message a marketer reads"""
+
+    def __str__(self):
+        if self.description:
+            return super().__str__()
+        return str(self.message)
 
 
 class ActivityError(ValidationError):

@@ -66,6 +66,7 @@ from genshi.template import TemplateError as GenshiTemplateError
 from genshi.template.base import SUB
 
 from . import sandbox
+from .exceptions import TemplateError
 
 # MJML compilers: mrml (trytond's "mjml" extra) or mjml-python
 try:
@@ -99,10 +100,6 @@ Rendered.__doc__ = """An email rendered for one recipient: its subject,
 HTML and plain text with placeholders for the links, and what weighs most
 in it (see Weight)"""
 Link = namedtuple('Link', ['kind', 'url'])
-
-
-class TemplateError(ValueError):
-    "The title or the body cannot be compiled into a template"
 
 
 class TooHeavy(Exception):
@@ -790,7 +787,14 @@ def _address_line(name, address, local=False):
     return '%s: %s' % (name, line)
 
 
-_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
+# The local part of an address: LOCAL_PART takes the characters of an
+# unquoted one with dots anywhere, as a sender (or the bare user name of
+# trytond's default sender) may have it; DOT_ATOM_LOCAL_PART only the
+# dot-atom of RFC 5322 (no dot first, last or doubled), as an address that
+# a person types must be to be worth sending to
+LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
+DOT_ATOM_LOCAL_PART = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 
 
 def check_sender(sender):
@@ -809,7 +813,7 @@ def check_sender(sender):
         address = sender.strip()
     local, at, domain = address.rpartition('@') if '@' in address else (
         address, '', '')
-    if not _LOCAL_PART.fullmatch(local) or (at and not domain):
+    if not LOCAL_PART.fullmatch(local) or (at and not domain):
         raise ValueError(f"Invalid sender: {sender!r}")
     if domain:
         _idna(domain)

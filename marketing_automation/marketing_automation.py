@@ -18,14 +18,13 @@ action and its condition look at the underlying records one by one.
 """
 import datetime
 import logging
-import time
 import uuid
 from collections import defaultdict, namedtuple
 
 from sql import Cast, Literal, Null, Union, With
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case, Coalesce, NullIf
-from sql.functions import Function, Substring
+from sql.functions import Substring
 from sql.operators import Concat, Exists, Like
 
 from trytond import backend
@@ -45,7 +44,7 @@ from trytond.sendmail import (  # noqa: F401
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import gates, mailing
+from . import gates, mailing, tools
 from .exceptions import (
     ActivityError, ActivityFault, ConditionError, DomainError)
 from .gates import DueBatch
@@ -56,8 +55,6 @@ from .tools import (
     none_of, queue, savepoint, skip_conflicts)
 
 logger = logging.getLogger(__name__)
-
-TREND_PERIODS = 10
 
 Entry = namedtuple('Entry', ['id', 'record', 'reference'])
 Entry.__doc__ = """A due record activity: its id, the id of its marketing
@@ -76,19 +73,6 @@ Outcome = namedtuple('Outcome', ['errors', 'later'])
 Outcome.__doc__ = """What an action made of a batch of entries: errors maps
 the entries whose action was not done to why, later holds the entries whose
 action finishes later (see RecordActivity.complete)"""
-
-
-def _now():
-    return datetime.datetime.now().replace(microsecond=0)
-
-
-def _eval_environment():
-    context = Transaction().context
-    return {
-        'context': context,
-        'current_date': datetime.date.today(),
-        'time': time,
-        }
 
 
 class _ConditionEnvironment(EvalEnvironment):
@@ -133,7 +117,7 @@ def _condition_holds(condition, record):
 
 def _evaluate(expression, record):
     "The value of the PYSON expression for the record (its self)"
-    env = _eval_environment()
+    env = tools.eval_environment()
     env['self'] = _ConditionEnvironment(record, record.__class__)
     return PYSONDecoder(env).decode(expression)
 
@@ -193,42 +177,6 @@ def readable_ids(Model, ids):
     return readable
 
 
-def _round_rate(numerator, denominator):
-    """numerator / denominator rounded half up to 2 decimals, 0 without a
-    denominator: as the reporting computes its rates in SQL"""
-    if not denominator:
-        return 0.
-    return (numerator * 200 + denominator) // (denominator * 2) / 100
-
-
-def _trend_periods(period=None):
-    """The start dates of the last periods (oldest first) and the period"""
-    period = period or Transaction().context.get('period') or 'month'
-    today = datetime.date.today()
-    if period == 'year':
-        starts = [datetime.date(today.year - i, 1, 1)
-            for i in range(TREND_PERIODS)]
-    elif period == 'day':
-        starts = [today - datetime.timedelta(days=i)
-            for i in range(TREND_PERIODS)]
-    else:
-        period = 'month'
-        starts = []
-        year, month = today.year, today.month
-        for _ in range(TREND_PERIODS):
-            starts.append(datetime.date(year, month, 1))
-            year, month = (year, month - 1) if month > 1 else (year - 1, 12)
-    return list(reversed(starts)), period
-
-
-def _as_date(value):
-    if isinstance(value, str):
-        value = datetime.datetime.fromisoformat(value)
-    if isinstance(value, datetime.datetime):
-        value = value.date()
-    return value
-
-
 def _savepoint(cursor, name):
     savepoint(cursor, name)
 
@@ -275,7 +223,7 @@ class FaultMixin:
         exceptions = exceptions or {}
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        now = _now()
+        now = tools.now()
         for sub in grouped_slice(list(errors), backend.MAX_QUERY_PARAMS):
             sub = list(sub)
             cursor.execute(*table.select(
@@ -321,7 +269,7 @@ class FaultMixin:
         "Whether the record is stopped by an error and not yet to be retried"
         if not self.error or not self.error_date:
             return False
-        return (now or _now()) < self.error_date + retry_delay()
+        return (now or tools.now()) < self.error_date + retry_delay()
 
 
 class AuthorMixin:
@@ -467,7 +415,7 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
         return self.name or str(self.id)
 
     def decoded_domain(self):
-        return PYSONDecoder(_eval_environment()).decode(self.domain)
+        return PYSONDecoder(tools.eval_environment()).decode(self.domain)
 
     @classmethod
     def _authored_fields(cls):
@@ -576,7 +524,7 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
             return gettext(
                 'marketing_automation.msg_scenario_audience_refused',
                 scenario=self.rec_name, author=self.author_name(),
-                error=_describe(exception))
+                error=tools.describe(exception))
 
     def author_name(self):
         "The name of the user whose rights the scenario runs with"
@@ -593,7 +541,7 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
             if scenario.state == 'draft':
                 rates[scenario.id] = 0.
                 continue
-            rates[scenario.id] = _round_rate(
+            rates[scenario.id] = tools.round_rate(
                 counts['record_count_blocked'][scenario.id],
                 counts['record_count'][scenario.id])
         return rates
@@ -603,7 +551,7 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
         "The sparkline of the rate that name is the trend of"
         pool = Pool()
         Reporting = pool.get('marketing.automation.reporting.scenario')
-        starts, period = _trend_periods()
+        starts, period = tools.trend_periods()
         rate = name[:-len('_trend')]
         series = Reporting.series(
             'scenario', [s.id for s in scenarios], [rate],
@@ -658,7 +606,7 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
                 errors[scenario.id] = gettext(
                     'marketing_automation.msg_scenario_fault',
                     scenario=scenario.rec_name,
-                    error=_describe(exception))
+                    error=tools.describe(exception))
                 exceptions[scenario.id] = exception
         cls.clear_faults(succeeded)
         cls.set_faults(errors, exceptions)
@@ -697,7 +645,7 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
         on_conflict = skip_conflicts(record)
         columns = [record.create_uid, record.create_date, record.scenario,
             record.record, record.blocked, record.uuid]
-        random_hex = _random_hex()
+        random_hex = tools.random_hex()
         rows_made_by_database = (
             random_hex is not None and database.has_returning())
         RecordActivity = pool.get('marketing.automation.record.activity')
@@ -713,7 +661,7 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
             if not ids:
                 break
             last_id = ids[-1]
-            now = _now()
+            now = tools.now()
             if rows_made_by_database:
                 # the rows are made by the database from the ids: the
                 # statement stays short whatever the size of the batch
@@ -782,36 +730,10 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
                         ]), {'blocked': True})
 
 
-def _random_hex():
-    """The SQL expression of 32 random hexadecimal digits, like the uuid a
-    record gets in Python, or None where the backend has none"""
-    if backend.name == 'postgresql':
-        return _Replace(
-            Cast(_GenRandomUuid(), 'VARCHAR'), Literal('-'), Literal(''))
-
-
-class _GenRandomUuid(Function):
-    __slots__ = ()
-    _function = 'GEN_RANDOM_UUID'
-
-
-class _Replace(Function):
-    __slots__ = ()
-    _function = 'REPLACE'
-
-
 def _ids(query):
     cursor = Transaction().connection.cursor()
     cursor.execute(*query)
     return [i for i, in cursor]
-
-
-def _describe(exception):
-    "The message of an exception as the marketer reads it"
-    message = getattr(exception, 'message', None) or str(exception)
-    if isinstance(exception, (ActivityFault, DomainError, ConditionError)):
-        return message
-    return '%s: %s' % (type(exception).__name__, message)
 
 
 class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
@@ -1268,7 +1190,7 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
                 if exception is not None:
                     failed.add(entry.id)
                     run.later.discard(entry.id)
-                    run.errors[entry.id] = _describe(exception)
+                    run.errors[entry.id] = tools.describe(exception)
                     self.enter_children([entry])
         finally:
             stop_running(token)
@@ -1293,7 +1215,7 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
         for entry_id, record in underlying.items():
             holds = holds_for[record]
             if isinstance(holds, Exception):
-                failures[entry_id] = _describe(holds)
+                failures[entry_id] = tools.describe(holds)
                 continue
             if holds:
                 todo.append(entry_id)
@@ -1385,7 +1307,7 @@ class Activity(FaultMixin, AuthorMixin, ModelSQL, ModelView):
     def get_trend(cls, activities, names):
         pool = Pool()
         Reporting = pool.get('marketing.automation.reporting.activity')
-        starts, period = _trend_periods()
+        starts, period = tools.trend_periods()
         rates = {n: n[:-len('_trend')] for n in names}
         series = Reporting.series(
             'activity', [a.id for a in activities], list(rates.values()),
@@ -1508,7 +1430,7 @@ class Record(ModelSQL, ModelView):
         "Mark converted now the records of ids not converted yet"
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        now = _now()
+        now = tools.now()
         for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
             cursor.execute(*table.update(
                     [table.converted_date], [now],
@@ -1685,7 +1607,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         if overridden(cls, 'get') or overridden(cls, 'set_delay'):
             cls._schedule_each(activities, records)
             return
-        now = _now()
+        now = tools.now()
         new_values = cls._new_values()
         columns = [table.create_uid, table.create_date, table.record,
             table.activity, table.state, table.at] + [
@@ -1763,7 +1685,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     def set_delay(self):
         "Make the entry due after the delay of its activity from now"
-        self.at = _now() + (self.activity.delay or datetime.timedelta())
+        self.at = tools.now() + (self.activity.delay or datetime.timedelta())
 
     @classmethod
     def in_progress(cls, table):
@@ -1801,8 +1723,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         Activity = pool.get('marketing.automation.activity')
         cursor = Transaction().connection.cursor()
         for gate in cls.ordered_gates():
-            gate.periodic(cls, _now())
-        now = _now()
+            gate.periodic(cls, tools.now())
+        now = tools.now()
         from_, (table, _, _, activity), running = cls._due()
         # One query: reading them by pages would search the due entries
         # again for each page.
@@ -1986,7 +1908,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         table = cls.__table__()
         record = Record.__table__()
         cursor = Transaction().connection.cursor()
-        now = _now()
+        now = tools.now()
         if by == 'scenario':
             from_ = table.join(record, condition=table.record == record.id)
             column = record.scenario
@@ -2017,7 +1939,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         transaction, by activity: {activity id: [Entry, …]}"""
         transaction = Transaction()
         cursor = transaction.connection.cursor()
-        now = _now()
+        now = tools.now()
         from_, (table, record, scenario, _), _ = cls._due()
         # Lock the entries so that concurrent workers do each one once.
         # They are found by their ids alone and checked once read: with a
@@ -2059,7 +1981,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         other activities go on."""
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
-        now = _now()
+        now = tools.now()
         done, errors = [], {}
         faults, unexpected, succeeded = {}, {}, []
 
@@ -2087,7 +2009,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             else:
                 faults[activity.id] = gettext(
                     'marketing_automation.msg_activity_fault',
-                    activity=activity.rec_name, error=_describe(exception))
+                    activity=activity.rec_name,
+                    error=tools.describe(exception))
                 unexpected[activity.id] = exception
         Activity.clear_faults(succeeded)
         Activity.set_faults(faults, unexpected)
@@ -2105,7 +2028,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         table = cls.__table__()
-        now = _now()
+        now = tools.now()
         errors = errors or {}
         flags = {c: set(i) for c, i in (flags or {}).items()}
         groups = defaultdict(list)
@@ -2200,7 +2123,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         columns = [table.state, table.write_date]
-        values = ['cancelled', _now()]
+        values = ['cancelled', tools.now()]
         if error:
             columns.append(table.error)
             values.append(error)
@@ -2215,7 +2138,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         cursor.execute(*table.update(
-                [table.at, table.write_date], [at, _now()],
+                [table.at, table.write_date], [at, tools.now()],
                 where=(table.state == 'waiting') & (table.at == Null)
                 & where(table)))
 
@@ -2274,7 +2197,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         the records, and cancel those waiting for it not to happen"""
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
-        now = _now()
+        now = tools.now()
         each = overridden(cls, 'set_delay')
         for child_id, child_event, negative, delay in (
                 Activity.event_children(activity_id)):

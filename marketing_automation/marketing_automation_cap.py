@@ -39,8 +39,8 @@ from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
 from . import pacing
-from .marketing_automation_email import SEND_EMAIL
 from .gates import SKIP, Gate, Verdict
+from .marketing_automation_email import SEND_EMAIL
 from .marketing_automation_window import hold_held, paced_entries, pacing_of
 from .tools import batch_size, for_update
 

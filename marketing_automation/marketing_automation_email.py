@@ -51,11 +51,11 @@ from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import mailing, marketing_automation, rendering, urls
+from . import mailing, marketing_automation, rendering, tools, urls
 from .exceptions import ActivityFault, TemplateError
-from .marketing_automation import (
-    Entry, EventKind, Outcome, _now, _round_rate, marketing_parties)
 from .gates import Gate
+from .marketing_automation import (
+    Entry, EventKind, Outcome, marketing_parties)
 from .overrides import current_run, overridden
 from .tools import for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
@@ -68,7 +68,7 @@ MAX_ATTEMPTS = 10
 SEND_EMAIL = 'send_email'
 
 
-def retry_delay(attempts):
+def delivery_backoff(attempts):
     "The delay before the next attempt after attempts failed deliveries"
     return min(
         datetime.timedelta(minutes=5) * 2 ** max(attempts - 1, 0),
@@ -328,9 +328,9 @@ class Activity(metaclass=PoolMeta):
                 # Rates are over the emails that reached the server: an
                 # entry whose email was not sent can be neither opened nor
                 # clicked.
-                'email_open_rate': _round_rate(opened, sent),
-                'email_click_rate': _round_rate(clicked, sent),
-                'email_click_through_rate': _round_rate(clicked, opened),
+                'email_open_rate': tools.round_rate(opened, sent),
+                'email_click_rate': tools.round_rate(clicked, sent),
+                'email_click_through_rate': tools.round_rate(clicked, opened),
                 }
             for name in names:
                 result[name][activity_id] = values[name]
@@ -663,7 +663,7 @@ class EmailBatch:
         "Keep the message of the entry for the outbox"
         self.emails.append([
                 Transaction().user, self.now, entry_id, message_id,
-                _address(sender), _address(to), to, subject,
+                email_address(sender), email_address(to), to, subject,
                 message, 'pending', 0, self.now])
 
     def _urls(self, entry_id, uuid, links):
@@ -796,7 +796,8 @@ def party_recipients(party_ids):
     return recipients
 
 
-def _address(formatted):
+def email_address(formatted):
+    "The bare address of formatted ('Name <address>' or an address)"
     return parseaddr(formatted)[1] if formatted else formatted
 
 
@@ -982,7 +983,8 @@ class Email(ModelSQL, ModelView):
             # the server cannot be reached: no recipient's fault, so no
             # email gives up for it
             cls._postpone(
-                [i for i in ids if i not in answered], _describe(exception),
+                [i for i in ids if i not in answered],
+                describe_delivery_error(exception),
                 final=False)
 
         def hold(email_ids, error):
@@ -1013,7 +1015,7 @@ class Email(ModelSQL, ModelView):
                             hold([i for i in ids if i not in answered],
                                 gettext('marketing_automation'
                                     '.msg_activity_fault_smtp_login',
-                                    error=_describe(exception)))
+                                    error=describe_delivery_error(exception)))
                             return
                         except (OSError, smtplib.SMTPException) as exception:
                             postpone_unanswered(exception)
@@ -1031,7 +1033,7 @@ class Email(ModelSQL, ModelView):
                                 sender=sender,
                                 activity=Activity(
                                     activity_of[email_id]).rec_name,
-                                error=_describe(exception)))
+                                error=describe_delivery_error(exception)))
                         continue
                     except smtplib.SMTPDataError as exception:
                         cls._refused(
@@ -1146,7 +1148,7 @@ class Email(ModelSQL, ModelView):
                             attempts=attempts, error=error)]
                 else:
                     values = [
-                        'pending', attempts, now + retry_delay(attempts),
+                        'pending', attempts, now + delivery_backoff(attempts),
                         error]
                 cursor.execute(*table.update(
                         [table.state, table.attempts, table.next_attempt,
@@ -1280,7 +1282,7 @@ class Email(ModelSQL, ModelView):
         ir_email = IrEmail.__table__()
         cursor = Transaction().connection.cursor()
         days = config.getint('marketing', 'message_retention', default=30)
-        until = _now() - datetime.timedelta(days=days)
+        until = tools.now() - datetime.timedelta(days=days)
         # an answered message waits only for its entry to be complete
         for ids in id_batches(table, (table.state != 'pending')
                 & (table.message != Null) & (table.create_date < until)):
@@ -1312,7 +1314,7 @@ class Email(ModelSQL, ModelView):
         event = Event.__table__()
         cursor = Transaction().connection.cursor()
         days = config.getint('marketing', 'tracking_retention', default=400)
-        until = _now() - datetime.timedelta(days=days)
+        until = tools.now() - datetime.timedelta(days=days)
         # the links of Tryton's own module have no token but these methods
         tracked = url.method.in_([EMAIL_OPENED, EMAIL_CLICKED, EMAIL_TRAP])
         for ids in id_batches(url, tracked & (url.create_date < until)):
@@ -1344,7 +1346,9 @@ class _TransactionalServer:
         pass
 
 
-def _describe(exception):
+def describe_delivery_error(exception):
+    """Why the mail server did not take a message, as the outbox and the
+    test sends show it: the SMTP reply, or the exception"""
     if isinstance(exception, smtplib.SMTPResponseException):
         error = exception.smtp_error
         if isinstance(error, bytes):

@@ -51,6 +51,7 @@ from trytond.pyson import Eval
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
+from . import tools
 from .gates import Gate, Verdict
 from .tools import id_batches
 
@@ -156,8 +157,16 @@ def classifying():
         'marketing', 'event_classification', default=True)
 
 
-def _now():
-    return datetime.datetime.now().replace(microsecond=0)
+def ledger_now():
+    """The clock of the ledger: when a request comes, when it is decided
+
+    It is the clock of the module, tools.now(), and it is patched alone:
+    the tests and the browser test have requests come, and be decided,
+    minutes after a delivery (the ledger tells a scanner from a person by
+    that delay) while the engine keeps the real time, so that what a
+    decision schedules is due at once, as it is on a site where the
+    decision comes later than the delivery."""
+    return tools.now()
 
 
 Request = namedtuple('Request', [
@@ -297,7 +306,7 @@ class Event(ModelSQL, ModelView):
         table = cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
-        now = _now()
+        now = ledger_now()
         visitor = visitor or Visitor(None, None)
 
         # one link hammered by a stranger does not grow the ledger
@@ -377,7 +386,7 @@ class Event(ModelSQL, ModelView):
         those that are human, set-based"""
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        now = now or _now()
+        now = now or ledger_now()
         if record_activity_ids is None:
             # an early request that nobody confirms stays undecided: it is
             # looked at for a month, not forever
@@ -502,7 +511,7 @@ class Event(ModelSQL, ModelView):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         days = config.getint('marketing', 'event_retention', default=400)
-        until = _now() - datetime.timedelta(days=days)
+        until = ledger_now() - datetime.timedelta(days=days)
         for ids in id_batches(table, table.at < until):
             for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
                 cursor.execute(*table.delete(where=reduce_ids(table.id, sub)))

@@ -39,9 +39,8 @@ from trytond.pyson import PYSONDecoder
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
+from . import tools
 from .exceptions import DomainError
-from .marketing_automation import (
-    _as_date, _describe, _eval_environment, _now, _round_rate)
 from .gates import LEAVE, Gate, Verdict
 from .marketing_automation_reporting import percent, rate
 from .tools import contained
@@ -93,7 +92,7 @@ class Scenario(metaclass=PoolMeta):
     def decoded_goal(self, entry_date):
         """The goal as a domain for the records that entered the scenario
         on entry_date"""
-        environment = _eval_environment()
+        environment = tools.eval_environment()
         environment['entry_date'] = entry_date
         goal = PYSONDecoder(environment).decode(self.goal)
         if not isinstance(goal, list):
@@ -131,7 +130,7 @@ class Scenario(metaclass=PoolMeta):
         "The message of a goal that cannot be checked"
         return gettext(
             'marketing_automation.msg_scenario_goal_fault',
-            scenario=self.rec_name, error=_describe(exception))
+            scenario=self.rec_name, error=tools.describe(exception))
 
     @classmethod
     def get_conversion(cls, scenarios, names):
@@ -157,7 +156,7 @@ class Scenario(metaclass=PoolMeta):
                 # as the block rate: a draft scenario previews its audience
                 result['conversion_rate'][scenario.id] = (
                     0. if scenario.state == 'draft'
-                    else _round_rate(converted, count))
+                    else tools.round_rate(converted, count))
         return result
 
     def enter_records(self):
@@ -177,7 +176,7 @@ class Scenario(metaclass=PoolMeta):
         record = Record.__table__()
         entry = RecordActivity.__table__()
         cursor = Transaction().connection.cursor()
-        now = _now()
+        now = tools.now()
         still_in = ((record.scenario == self.id)
             & (record.converted_date == Null)
             & (record.blocked == Literal(False))
@@ -190,7 +189,7 @@ class Scenario(metaclass=PoolMeta):
                 day = DateTrunc('day', record.create_date)
                 cursor.execute(*record.select(
                         day, where=still_in, distinct=True))
-                days = sorted({_as_date(d) for d, in cursor})
+                days = sorted({tools.as_date(d) for d, in cursor})
             else:
                 days = [None]
             for day in days:
@@ -235,7 +234,7 @@ class Scenario(metaclass=PoolMeta):
         uses_entry_date = self.goal_uses_entry_date()
         groups = defaultdict(dict)
         for record_id, reference, entered in records:
-            day = _as_date(entered) if uses_entry_date else None
+            day = tools.as_date(entered) if uses_entry_date else None
             groups[day][int(reference.split(',')[1])] = record_id
         met = set()
         for day, record_of in groups.items():

@@ -28,7 +28,6 @@ import json
 import re
 import secrets
 import smtplib
-import time
 from collections import namedtuple
 from email.utils import parseaddr
 from http import HTTPStatus
@@ -52,11 +51,12 @@ from trytond.transaction import Transaction, check_access
 from trytond.wizard import (
     Button, StateAction, StateTransition, StateView, Wizard)
 
-from . import mailing, urls
+from . import mailing, tools, urls
 from .exceptions import ActivityFault, PreviewError
 from .marketing_automation import Entry, marketing_parties
 from .marketing_automation_email import (
-    SEND_EMAIL, EmailBatch, Recipient, _address, _describe, party_recipients)
+    SEND_EMAIL, EmailBatch, Recipient, describe_delivery_error, email_address,
+    party_recipients)
 from .mixin import MarketingAutomationMixin
 from .tools import contained
 
@@ -65,11 +65,6 @@ TEST_MARK = '[Test]'
 MAX_TOKEN = 4096
 PREVIEW, TEST_UNSUBSCRIBE = 'preview', 'test-unsubscribe'
 AUDIENCE = ['reachable', 'no_email', 'unsubscribed']
-
-
-def _now():
-    "The clock of the preview tokens, in POSIX seconds"
-    return time.time()
 
 
 # Tokens: signed, and readable without the database but for its secret
@@ -131,8 +126,6 @@ def read_preview_token(secret, token):
     return ticket
 
 
-_LOCAL_PART = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _LABEL = re.compile(r'(?!-)[a-z0-9-]{1,63}(?<!-)')
 
 
@@ -157,7 +150,7 @@ def parse_addresses(text):
         except UnicodeError:
             labels = []
         if (written.strip() != address or not at
-                or not _LOCAL_PART.fullmatch(local)
+                or not mailing.DOT_ATOM_LOCAL_PART.fullmatch(local)
                 or len(labels) < 2
                 or not all(_LABEL.fullmatch(label) for label in labels)):
             raise ValueError(part)
@@ -528,7 +521,7 @@ class ActivityPreview(Wizard):
             check_trial(start.activity, start.record)
         except TrialError as error:
             raise PreviewError(error.message) from error
-        expires = int(_now()) + 60 * config.getint(
+        expires = int(tools.now().timestamp()) + 60 * config.getint(
             'marketing', 'preview_expiry', default=10)
         token = preview_token(Secret.get(), Ticket(
                 Transaction().user, start.activity.id, str(start.record),
@@ -594,7 +587,7 @@ class ActivityPreview(Wizard):
             ticket = read_preview_token(Secret.get(), token)
         except ValueError:
             raise PreviewRefused(HTTPStatus.NOT_FOUND)
-        if ticket.expires < _now():
+        if ticket.expires < tools.now().timestamp():
             raise PreviewRefused(HTTPStatus.GONE)
         if not User.search([('id', '=', ticket.user)], limit=1):
             raise PreviewRefused(HTTPStatus.FORBIDDEN)
@@ -756,24 +749,25 @@ def deliver_tests(composed):
     try:
         server = get_smtp_server(strict=True)
     except (OSError, smtplib.SMTPException) as exception:
-        return [], {c.to: _describe(exception) for c in composed}, []
+        error = describe_delivery_error(exception)
+        return [], {c.to: error for c in composed}, []
     try:
         for index, email_ in enumerate(composed):
             connected = server.sock is not None
             try:
                 server.sendmail(
-                    _address(email_.sender), [_address(email_.to)],
+                    email_address(email_.sender), [email_address(email_.to)],
                     email_.message)
             except smtplib.SMTPRecipientsRefused as exception:
                 code, text = next(iter(exception.recipients.values()))
-                errors[email_.to] = _describe(
+                errors[email_.to] = describe_delivery_error(
                     smtplib.SMTPResponseException(code, text))
             except smtplib.SMTPResponseException as exception:
-                errors[email_.to] = _describe(exception)
+                errors[email_.to] = describe_delivery_error(exception)
             except (OSError, smtplib.SMTPException) as exception:
                 if connected:
                     unsure.append(email_)
-                error = _describe(exception)
+                error = describe_delivery_error(exception)
                 errors.update({c.to: error for c in composed[index:]})
                 break
             else:
@@ -798,7 +792,7 @@ def log_tests(activity, record, composed):
                     'marketing_automation_activity': activity.id,
                     'marketing_automation_test': True,
                     'addresses': [
-                        ('create', [{'address': _address(email_.to)}])],
+                        ('create', [{'address': email_address(email_.to)}])],
                     } for email_ in composed])]
 
 

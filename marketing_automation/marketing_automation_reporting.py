@@ -28,7 +28,7 @@ from trytond.pyson import Eval, If
 from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 
-from .marketing_automation import _as_date
+from . import tools
 
 PERIODS = {'year', 'month', 'day'}
 
@@ -174,8 +174,8 @@ class Abstract(ModelSQL, ModelView):
     def _where_date(cls, column):
         "Keep the rows whose column falls between the dates of the context"
         context = Transaction().context
-        from_date = _as_date(context.get('from_date'))
-        to_date = _as_date(context.get('to_date'))
+        from_date = tools.as_date(context.get('from_date'))
+        to_date = tools.as_date(context.get('to_date'))
         where = Literal(True)
         if from_date:
             where &= column >= datetime.datetime.combine(

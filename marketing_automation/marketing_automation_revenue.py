@@ -41,12 +41,12 @@ from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 from trytond.wizard import StateAction, Wizard
 
-from .marketing_automation import _now
+from . import tools
+from .marketing_automation_email import SEND_EMAIL
 
 # The states of the sales that count: confirmed, and not cancelled since
 COUNTED_STATES = ['confirmed', 'processing', 'done']
 DEFAULT_WINDOW = datetime.timedelta(days=7)
-SEND_EMAIL = 'send_email'
 
 
 def _timedelta(value):
@@ -134,7 +134,7 @@ class Attribution(ModelSQL, ModelView):
         record_activity = RecordActivity.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
-        now = _now()
+        now = tools.now()
 
         sales = [s for s in Sale.browse([s.id for s in sales])
             if s.state in COUNTED_STATES]
@@ -442,7 +442,7 @@ class RecordActivity(metaclass=PoolMeta):
             # every click, not only the first
             table = cls.__table__()
             cursor = Transaction().connection.cursor()
-            now = _now()
+            now = tools.now()
             for sub in grouped_slice(
                     list(map(int, record_activities)),
                     backend.MAX_QUERY_PARAMS):

@@ -16,8 +16,9 @@ from trytond.pyson import Eval
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
+from . import tools
 from .exceptions import ActivityError
-from .marketing_automation import Outcome, _now, marketing_parties
+from .marketing_automation import Outcome, marketing_parties
 from .tools import batch_size
 
 TAG_PARTY = 'tag_party'
@@ -98,7 +99,7 @@ def _add_categories(party_ids, category_ids):
     relation = PartyCategory.__table__()
     transaction = Transaction()
     cursor = transaction.connection.cursor()
-    now = _now()
+    now = tools.now()
     for category_id in category_ids:
         has_it = Exists(relation.select(
                 Literal(1),

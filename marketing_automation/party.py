@@ -13,7 +13,7 @@ from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import (
     Transaction, inactive_records, without_check_access)
 
-from .marketing_automation import _random_hex
+from . import tools
 from .marketing_automation_window import TIMEZONES
 from .mixin import MarketingAutomationMixin
 from .web import RECORD_ACTIVITY
@@ -435,4 +435,4 @@ class _Hex(Function):
 
 def _new_uuid():
     "The SQL expression of a new random UUID in hexadecimal for each row"
-    return _random_hex() or Lower(_Hex(_RandomBlob(Literal(16))))
+    return tools.random_hex() or Lower(_Hex(_RandomBlob(Literal(16))))

@@ -1,9 +1,18 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"How the engine cuts its work into batches, queues, locks and contains it."
+"""What the features of the module share: how the engine cuts its work
+into batches, queues, locks and contains it, its clock, and the helpers
+that more than one file calls
+
+Call the clock as ``tools.now()`` (an attribute of this module), so that a
+test that patches ``marketing_automation.tools.now`` moves every clock of
+the module at once."""
+import datetime
 import logging
+import time
 from contextlib import contextmanager
 
-from sql import Conflict, For, Literal
+from sql import Cast, Conflict, For, Literal
+from sql.functions import Function
 from sql.operators import And, Or
 
 from trytond import backend
@@ -11,9 +20,93 @@ from trytond.config import config
 from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 
+from .exceptions import ActivityFault, ConditionError, DomainError
+
 # trytond checks every id of a browsed list against the others: lists of
 # instances stay short so this does not cost more than the work.
 BROWSE_SIZE = 200
+# How many periods the trends of the reporting show
+TREND_PERIODS = 10
+
+
+def now():
+    """The clock of the module: the current time, without microseconds, as
+    a naive datetime in the server's time (as trytond writes its dates)"""
+    return datetime.datetime.now().replace(microsecond=0)
+
+
+def eval_environment():
+    "The names that a PYSON domain or condition of a marketer may read"
+    context = Transaction().context
+    return {
+        'context': context,
+        'current_date': datetime.date.today(),
+        'time': time,
+        }
+
+
+def describe(exception):
+    "The message of an exception as the marketer reads it"
+    message = getattr(exception, 'message', None) or str(exception)
+    if isinstance(exception, (ActivityFault, DomainError, ConditionError)):
+        return message
+    return '%s: %s' % (type(exception).__name__, message)
+
+
+def round_rate(numerator, denominator):
+    """numerator / denominator rounded half up to 2 decimals, 0 without a
+    denominator: as the reporting computes its rates in SQL"""
+    if not denominator:
+        return 0.
+    return (numerator * 200 + denominator) // (denominator * 2) / 100
+
+
+def trend_periods(period=None):
+    """The start dates of the last periods (oldest first) and the period"""
+    period = period or Transaction().context.get('period') or 'month'
+    today = datetime.date.today()
+    if period == 'year':
+        starts = [datetime.date(today.year - i, 1, 1)
+            for i in range(TREND_PERIODS)]
+    elif period == 'day':
+        starts = [today - datetime.timedelta(days=i)
+            for i in range(TREND_PERIODS)]
+    else:
+        period = 'month'
+        starts = []
+        year, month = today.year, today.month
+        for _ in range(TREND_PERIODS):
+            starts.append(datetime.date(year, month, 1))
+            year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return list(reversed(starts)), period
+
+
+def as_date(value):
+    """The date of value: a date, a datetime or its ISO text (as a context
+    or a backend without dates gives it)"""
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    if isinstance(value, datetime.datetime):
+        value = value.date()
+    return value
+
+
+def random_hex():
+    """The SQL expression of 32 random hexadecimal digits, like the uuid a
+    record gets in Python, or None where the backend has none"""
+    if backend.name == 'postgresql':
+        return _Replace(
+            Cast(_GenRandomUuid(), 'VARCHAR'), Literal('-'), Literal(''))
+
+
+class _GenRandomUuid(Function):
+    __slots__ = ()
+    _function = 'GEN_RANDOM_UUID'
+
+
+class _Replace(Function):
+    __slots__ = ()
+    _function = 'REPLACE'
 
 
 def batch_size():

@@ -14,7 +14,7 @@ import datetime as dt
 from unittest import mock
 
 from trytond import backend
-from trytond.modules.marketing_automation import marketing_automation_email
+from trytond.modules.marketing_automation import tools as module_tools
 from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
@@ -459,10 +459,10 @@ class RetentionTestCase(_ScenarioTestMixin, TestCase):
 
     def purge(self, after):
         "Run the purge cron as if it ran after the delay"
-        module = marketing_automation_email
-        real = module._now
+        real = module_tools.now
         with committed():
-            with mock.patch.object(module, '_now', lambda: real() + after):
+            with mock.patch.object(
+                    module_tools, 'now', lambda: real() + after):
                 Pool().get('marketing.automation.email').purge()
 
     def logged(self):

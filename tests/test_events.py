@@ -18,6 +18,7 @@ from unittest import mock
 
 import lxml.html
 
+from trytond.modules.marketing_automation import tools as module_tools
 from trytond.pool import Pool
 from trytond.tests.test_tryton import (
     DB_NAME, USER, TestCase, activate_module, drop_db)
@@ -353,13 +354,11 @@ class EventsTestCase(SendingTestMixin, TestCase):
             self.assertTrue(self.entry("Offer").email_clicked)
 
     def process_at(self, after):
-        """Run the process cron after the delivery, with the clocks of the
-        engine and of the ledger moved"""
-        from trytond.modules.marketing_automation import marketing_automation
-        moment = marketing_automation._now() + after
-        with mock.patch.object(
-                marketing_automation, '_now', return_value=moment):
-            self.process(after=after)
+        """Run the process cron after the delivery, with the clock of the
+        module moved (the ledger's follows it)"""
+        moment = module_tools.now() + after
+        with mock.patch.object(module_tools, 'now', return_value=moment):
+            self.process()
 
     def test_reminder_waits_for_an_undecided_open(self):
         """A click just before the reminder of the unopened email is due
@@ -413,7 +412,7 @@ class EventsTestCase(SendingTestMixin, TestCase):
                     where=activity.id == reminder.activity.id))
             entry = marketing_automation.Entry(
                 reminder.id, reminder.record.id, str(reminder.record.record))
-            now = marketing_automation._now() + 2 * DAYS + 10 * SECONDS
+            now = module_tools.now() + 2 * DAYS + 10 * SECONDS
             due = RecordActivity._filter_due(
                 {reminder.activity.id: [entry]}, now)
             self.assertEqual(dict(due), {reminder.activity.id: [entry]})

@@ -9,7 +9,7 @@ outside its window, or over the cap, waits without being consumed, shows
 why and until when, and goes once it may; one that the cap would hold back
 for too long is done without being sent, counted apart as capped.
 
-The clock of the engine is moved (``_now``), never slept; the emails go to
+The clock of the module is moved (``tools.now``), never slept; the emails go to
 a real SMTP server on the loopback; two processes race for the last slot
 of the cap on PostgreSQL.
 """
@@ -27,7 +27,8 @@ from unittest import mock
 
 from trytond import backend
 from trytond.model.exceptions import ValidationError
-from trytond.modules.marketing_automation import marketing_automation, pacing
+from trytond.modules.marketing_automation import pacing
+from trytond.modules.marketing_automation import tools as module_tools
 from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
@@ -54,8 +55,7 @@ def utc(wall, tz):
 @contextmanager
 def clock(moment):
     "Set the clock of the engine to moment (naive UTC)"
-    with mock.patch.object(
-            marketing_automation, '_now', return_value=moment):
+    with mock.patch.object(module_tools, 'now', return_value=moment):
         yield
 
 

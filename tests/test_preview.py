@@ -30,6 +30,7 @@ from trytond import backend
 from trytond.modules.marketing_automation import \
     marketing_automation_preview as preview
 from trytond.modules.marketing_automation import render_box
+from trytond.modules.marketing_automation import tools as module_tools
 from trytond.pool import Pool
 from trytond.pyson import PYSONDecoder
 from trytond.tests.test_tryton import (
@@ -392,7 +393,8 @@ class PreviewTestCase(SendingTestMixin, TestCase):
         self.assertClientError(self.client.get(
                 f'/m/{other}/preview?{url.query}'))
         with mock.patch.object(
-                preview, '_now', return_value=values[4] + 1):
+                module_tools, 'now',
+                return_value=dt.datetime.fromtimestamp(values[4] + 1)):
             self.assertClientError(
                 self.client.get(f'{url.path}?{url.query}'), 410)
 
@@ -405,13 +407,17 @@ class PreviewTestCase(SendingTestMixin, TestCase):
         self.configure({('marketing', 'preview_expiry'): '3'})
         mary = self.login()
         values = mary.open_preview(activity)
-        with mock.patch.object(preview, '_now', return_value=1_000_000):
+        with mock.patch.object(
+                module_tools, 'now',
+                return_value=dt.datetime.fromtimestamp(1_000_000)):
             mary.execute('open_', form(values))
         (action, _), = mary.actions
         url = urlsplit(action['url'])
         for seconds, status in [(179, 200), (181, 410)]:
             with mock.patch.object(
-                    preview, '_now', return_value=1_000_000 + seconds):
+                    module_tools, 'now',
+                    return_value=dt.datetime.fromtimestamp(
+                        1_000_000 + seconds)):
                 response = self.client.get(f'{url.path}?{url.query}')
             self.assertEqual(response.status_code, status, msg=seconds)
 

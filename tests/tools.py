@@ -426,11 +426,11 @@ BROWSER = (
 @contextmanager
 def event_clock(delta):
     """Move the clock of the event ledger by delta in the block: the
-    requests and the decisions happen then"""
+    requests and the decisions happen then (see ledger_now)"""
     from trytond.modules.marketing_automation import (
         marketing_automation_event as events)
-    real = events._now
-    with mock.patch.object(events, '_now', lambda: real() + delta):
+    real = events.ledger_now
+    with mock.patch.object(events, 'ledger_now', lambda: real() + delta):
         yield
 
 

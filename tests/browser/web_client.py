@@ -1187,12 +1187,13 @@ class Steps:
         for address in CLICKERS:
             self.site.click(address)
         # the process cron decides the clicks once no hit of the trap link
-        # can come any more: its clock is moved on
+        # can come any more: the clock of the ledger is moved on
         from trytond.modules.marketing_automation import (
             marketing_automation_event as events)
-        real = events._now
+        real = events.ledger_now
         later = dt.timedelta(minutes=10)
-        with mock.patch.object(events, '_now', lambda: real() + later):
+        with mock.patch.object(
+                events, 'ledger_now', lambda: real() + later):
             self.site.run_crons()
         received = smtp.received()
         thanks = sorted(r for rcpt_tos, _ in received[WITH_EMAIL:]
