@@ -13,7 +13,9 @@ The exit status is 0 only when no test failed and at least one passed.
 The database backend is chosen before trytond is imported, and the databases
 built for the tests are cached in ``DB_CACHE`` under a key computed from the
 module's sources and the installed Tryton packages, so they are built again
-only when one of them changes.
+only when one of them changes.  On PostgreSQL a test class gets its
+database as a copy of a template database that the run makes from the cache
+the first time (see restore_by_template).
 """
 import argparse
 import hashlib
