@@ -13,7 +13,9 @@ The exit status is 0 only when no test failed and at least one passed.
 The database backend is chosen before trytond is imported, and the databases
 built for the tests are cached in ``DB_CACHE`` under a key computed from the
 module's sources and the installed Tryton packages, so they are built again
-only when one of them changes.
+only when one of them changes.  On PostgreSQL a test class gets its
+database as a copy of a template database that the run makes from the cache
+the first time (see restore_by_template).
 """
 import argparse
 import hashlib
@@ -259,6 +261,59 @@ def without_base_cases(suite):
     return kept
 
 
+# The template databases of this run, by the cache file they copy
+_templates = {}
+
+
+def restore_by_template(test_tryton):
+    """Have trytond restore the cached database of a test class on
+    PostgreSQL by copying a template database (CREATE DATABASE ...
+    TEMPLATE), not with pg_restore
+
+    pg_restore takes seconds for each test class and scenario, a copy half
+    a second.  The first restore of a cache file is done with pg_restore,
+    and its database copied into a template named after the database of
+    this run: no other run (another checkout on the same server, other
+    sources) can read it, and it is dropped at the end of the run."""
+    from trytond.transaction import Transaction
+
+    restore = test_tryton._pg_restore
+
+    def copy(source, target):
+        with Transaction().start(
+                None, 0, close=True, autocommit=True) as transaction:
+            if test_tryton.db_exist(target):
+                transaction.database.drop(transaction.connection, target)
+            transaction.database.create(
+                transaction.connection, target, source)
+
+    def restore_copy(cache_file):
+        template = _templates.get(cache_file)
+        if template is None:
+            if not restore(cache_file):
+                return False
+            template = f'{test_tryton.DB_NAME}_template_{len(_templates)}'
+            copy(test_tryton.DB_NAME, template)
+            _templates[cache_file] = template
+        else:
+            copy(template, test_tryton.DB_NAME)
+        return True
+    test_tryton._pg_restore = restore_copy
+
+
+def drop_templates():
+    "Drop the template databases of this run"
+    from trytond.transaction import Transaction
+    for template in _templates.values():
+        try:
+            with Transaction().start(
+                    None, 0, close=True, autocommit=True) as transaction:
+                transaction.database.drop(transaction.connection, template)
+        except Exception as exception:
+            sys.stderr.write(f'Could not drop {template}: {exception}\n')
+    _templates.clear()
+
+
 def drop_test_database():
     "Drop the PostgreSQL test database if a test left it behind"
     test_tryton = sys.modules.get('trytond.tests.test_tryton')
@@ -284,6 +339,9 @@ def main(argv=None):
     stream.flush()
 
     suite = load_tests(args.patterns)
+    if args.db == 'postgresql':
+        from trytond.tests import test_tryton
+        restore_by_template(test_tryton)
     result = ProgressResult(stream)
     result.failfast = args.failfast
     start = time.perf_counter()
@@ -293,6 +351,8 @@ def main(argv=None):
     finally:
         result.stopTestRun()
         drop_test_database()
+        if _templates:
+            drop_templates()
     duration = time.perf_counter() - start
 
     result.print_failures()

@@ -8,7 +8,6 @@ no tracked link, no record UUID and no Message-ID that would let them fire
 a recipient's open or click or unsubscribe them, while the shortened URLs of
 other modules keep working for them.
 """
-import base64
 import warnings
 from urllib.parse import unquote, urlsplit
 
@@ -21,47 +20,12 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 from trytond.wsgi import app
 
-from .test_email import OFFER, TRACKED, Mail, encode, welcome
-from .tools import BASE, SENDER, SMTPServer, committed, override_config
+from .tools import (
+    BASE, OFFER, SENDER, TRACKED, Mail, RPCError, SMTPServer, Session,
+    committed, encode, override_config, welcome)
 
 URL = 'web.shortened_url'
 PLAIN = 'https://www.example.org/not-tracked'
-
-
-class RPCError(Exception):
-    "The error a JSON-RPC call answered"
-
-
-class Session:
-    """A user logged in over JSON-RPC, calling the server as the client does,
-    on the test database or on another one"""
-
-    def __init__(self, login, password, database=DB_NAME):
-        self.client = Client(app, use_cookies=False)
-        self.database = database
-        self.headers = {}
-        self.user_id, session, _ = self.call(
-            'common.db.login', login, {'password': password}, 'en')
-        credentials = f'{login}:{self.user_id}:{session}'.encode('utf-8')
-        self.headers['Authorization'] = (
-            'Session ' + base64.b64encode(credentials).decode('ascii'))
-
-    def call(self, method, *params):
-        response = self.client.post(
-            f'/{self.database}/rpc/', headers=self.headers, json={
-                'id': 1,
-                'method': method,
-                'params': list(params),
-                })
-        assert response.status_code == 200, (method, response.status)
-        answer = response.get_json()
-        if 'error' in answer:
-            raise RPCError(*answer['error'])
-        return answer['result']
-
-    def model(self, name, method, *params):
-        "Call the method of the model with params and an empty context"
-        return self.call(f'model.{name}.{method}', *params, {})
 
 
 class AccessTestCase(TestCase):

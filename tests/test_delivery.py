@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 import unittest
-import uuid
 from collections import Counter
 from unittest.mock import patch
 
@@ -38,10 +37,10 @@ from trytond.modules.marketing_automation import marketing_automation_email
 from trytond.pool import Pool
 from trytond.tests.test_tryton import (
     DB_NAME, TestCase, activate_module, drop_db)
-from trytond.transaction import Transaction
 
-from .test_email import REMINDER, inspecting
-from .tools import SendingTestMixin, SMTPServer, committed, parse_message
+from .tools import (
+    REMINDER, SMTPServer, SendingTestMixin, committed, create_parties,
+    inspecting, parse_message)
 
 NEWS = {
     'name': "News",
@@ -152,36 +151,6 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         self.addCleanup(self.stop_scenarios)
 
     # Setting things up, and the crons
-
-    def create_parties(self, *names):
-        """Create the parties of names, each with the address of its name,
-        and return their ids
-
-        They are inserted as an import would, a set at once: the races
-        need hundreds of them."""
-        with committed():
-            pool = Pool()
-            party = pool.get('party.party').__table__()
-            mechanism = pool.get('party.contact_mechanism').__table__()
-            cursor = Transaction().connection.cursor()
-            created = now()
-            codes = [uuid.uuid4().hex for _ in names]
-            cursor.execute(*party.insert(
-                    [party.create_uid, party.create_date, party.code,
-                        party.name, party.active],
-                    [[0, created, code, name, True]
-                        for code, name in zip(codes, names)]))
-            cursor.execute(*party.select(
-                    party.id, where=party.code.in_(codes),
-                    order_by=[party.id.asc]))
-            ids = [i for i, in cursor]
-            cursor.execute(*mechanism.insert(
-                    [mechanism.create_uid, mechanism.create_date,
-                        mechanism.party, mechanism.type, mechanism.value,
-                        mechanism.active],
-                    [[0, created, party_id, 'email', address(name), True]
-                        for party_id, name in zip(ids, names)]))
-            return ids
 
     def start_scenario(self, party_ids, activity=NEWS):
         """Create a running scenario whose activity (with a reminder after
@@ -331,7 +300,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
 
     def test_server_down(self):
         "While the server refuses connections, the emails wait for it"
-        scenario = self.start_scenario(self.create_parties('ann', 'bob'))
+        scenario = self.start_scenario(create_parties(
+            'ann', 'bob', email=address, bulk=True))
         self.smtp.stop()
 
         self.run_crons()
@@ -373,7 +343,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         send_message_transactional (and SMTPDataManager) of
         marketing_automation.py: it gets every message, none leaves"""
         from trytond.modules.marketing_automation import marketing_automation
-        scenario = self.start_scenario(self.create_parties('ann', 'bob'))
+        scenario = self.start_scenario(create_parties(
+            'ann', 'bob', email=address, bulk=True))
         with patch.object(
                 marketing_automation, 'send_message_transactional'
                 ) as send, patch.object(
@@ -394,7 +365,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
             self.assertSent(scenario, ['ann', 'bob'])
 
     def check_refused_temporarily(self, at):
-        ann, bob, cid = self.create_parties('ann', 'bob', 'cid')
+        ann, bob, cid = create_parties(
+            'ann', 'bob', 'cid', email=address, bulk=True)
         scenario = self.start_scenario([ann, bob, cid])
         self.smtp.refuse(address('bob'), 451, at=at)
 
@@ -428,7 +400,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         self.check_refused_temporarily('DATA')
 
     def check_refused_permanently(self, at, code, error):
-        ann, bob, cid = self.create_parties('ann', 'bob', 'cid')
+        ann, bob, cid = create_parties(
+            'ann', 'bob', 'cid', email=address, bulk=True)
         scenario = self.start_scenario([ann, bob, cid])
         self.smtp.refuse(address('bob'), code, at=at)
 
@@ -460,7 +433,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
 
     def test_server_closes_the_connection(self):
         "A 421 that closes the connection delays only its own recipient"
-        ann, bob, cid = self.create_parties('ann', 'bob', 'cid')
+        ann, bob, cid = create_parties(
+            'ann', 'bob', 'cid', email=address, bulk=True)
         scenario = self.start_scenario([ann, bob, cid])
         self.smtp.refuse(address('ann'), 451)
         self.smtp.refuse(address('bob'), 421)
@@ -486,7 +460,7 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
 
     def test_server_stalls(self):
         "A server silent past the timeout is a transient failure"
-        ann, bob = self.create_parties('ann', 'bob')
+        ann, bob = create_parties('ann', 'bob', email=address, bulk=True)
         scenario = self.start_scenario([ann, bob])
         # it takes the first message but answers too late
         self.smtp.stall = 1.5
@@ -517,7 +491,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
     def test_lease_outlasts_a_slow_server(self):
         "A batch that takes longer than its lease keeps it to the end"
         names = ['s%02d' % i for i in range(10)]
-        scenario = self.start_scenario(self.create_parties(*names))
+        scenario = self.start_scenario(create_parties(
+            *names, email=address, bulk=True))
         self.trigger()
         expired = []
 
@@ -545,7 +520,7 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         "Each failing recipient, template or answer fails alone"
         names = [
             'ann', 'nobody', 'bad', 'gone', 'spam', 'busy', 'full', 'zoe']
-        party_ids = self.create_parties(*names)
+        party_ids = create_parties(*names, email=address, bulk=True)
         with committed():
             Party = Pool().get('party.party')
             nobody = Party(party_ids[1])
@@ -596,7 +571,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         "A process killed in the middle of a batch loses no email"
         process, = self.start_cron_processes(PROCESS)
         names = ['k%02d' % i for i in range(60)]
-        scenario = self.start_scenario(self.create_parties(*names))
+        scenario = self.start_scenario(create_parties(
+            *names, email=address, bulk=True))
         self.trigger()
         # 50 ms for each message leaves the time to kill the process
         self.smtp.stall = 0.05
@@ -641,7 +617,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         "Two processes entering the same new records enter each once"
         processes = self.start_cron_processes(TRIGGER, 2)
         names = ['t%03d' % i for i in range(300)]
-        scenario = self.start_scenario(self.create_parties(*names))
+        scenario = self.start_scenario(create_parties(
+            *names, email=address, bulk=True))
 
         self.go(*processes)
         for process in processes:
@@ -658,7 +635,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
         "Two processes sending the same due emails send each once"
         processes = self.start_cron_processes(PROCESS, 2)
         names = ['p%03d' % i for i in range(200)]
-        scenario = self.start_scenario(self.create_parties(*names))
+        scenario = self.start_scenario(create_parties(
+            *names, email=address, bulk=True))
         self.trigger()
 
         self.go(*processes)
@@ -674,7 +652,8 @@ class DeliveryTestCase(SendingTestMixin, TestCase):
 
     def test_cron_delivers_before_it_returns(self):
         "Without workers, one run of the crons sends the emails it made due"
-        scenario = self.start_scenario(self.create_parties('ann', 'bob'))
+        scenario = self.start_scenario(create_parties(
+            'ann', 'bob', email=address, bulk=True))
         with committed():
             Cron = Pool().get('ir.cron')
             mine = Cron.search([('method', 'in', [TRIGGER, PROCESS])])

@@ -6,10 +6,8 @@ Every test runs the crons in committed transactions, lets a real SMTP server
 on the loopback receive the messages, reads them as a mail client does, and
 follows their links as HTTP requests to trytond's WSGI application.
 """
-import base64
 import datetime as dt
 import os
-import re
 import secrets
 import time
 import uuid
@@ -19,119 +17,18 @@ import lxml.html
 
 from trytond.i18n import gettext
 from trytond.pool import Pool
-from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import (
     DB_NAME, USER, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
 
 from .tools import (
-    BASE, SendingTestMixin, committed, decide_events, html_links,
-    human_request, parse_message, run_queue)
-
-OFFER = 'https://shop.example.com/offers?from=mail&id=42'
-GOODBYE = 'https://www.example.com/goodbye'
-ONE_CLICK = 'List-Unsubscribe=One-Click'
+    BASE, DB64, GOODBYE, OFFER, ONE_CLICK, REMINDER, THANKS, TRACKED,
+    EmailTestMixin, Mail, b64, committed, create_parties, decide_events,
+    human_request, inspecting, message, page_text, party_reference, run_queue,
+    welcome)
 
 
-def b64(name):
-    return base64.urlsafe_b64encode(
-        name.encode('utf-8')).decode('ascii').rstrip('=')
-
-
-DB64 = b64(DB_NAME)
-TRACKED = re.compile(
-    re.escape(f'{BASE}/s/{DB64}/') + r'(?P<token>[A-Za-z0-9_-]+)$')
-
-
-def welcome(children=None, **values):
-    "The root email: a tracked offer, a mailto and two unsubscribe links"
-    activity = {
-        'name': "Welcome",
-        'action': 'send_email',
-        'email_title': "Welcome ${record.name}",
-        'email_template': (
-            '<p>Hello ${record.name},</p>'
-            '<p><a href="https://shop.example.com/offers?from=mail&amp;id=42">'
-            'See our offers</a></p>'
-            '<p><a href="mailto:help@example.com">Write to us</a></p>'
-            '<p><a href="unsubscribe">Unsubscribe</a></p>'
-            '<p><a href="unsubscribe|https://www.example.com/goodbye">'
-            'Leave for good</a></p>'),
-        **values,
-        }
-    if children:
-        activity['children'] = [('create', children)]
-    return activity
-
-
-THANKS = {
-    'name': "Thanks",
-    'on': 'email_clicked',
-    'action': 'send_email',
-    'email_title': "Thank you for your visit, ${record.name}",
-    'email_template': '<p>We are glad you came.</p>',
-    }
-REMINDER = {
-    'name': "Reminder",
-    'on': 'email_opened_not',
-    'delay': dt.timedelta(days=2),
-    'action': 'send_email',
-    'email_title': "Did you see our offers?",
-    'email_template': '<p>Our offers end soon.</p>',
-    }
-
-
-class Mail:
-    "A received message as a mail client shows it"
-
-    def __init__(self, received):
-        self.envelope_from = received.mail_from
-        self.envelope_to = received.rcpt_tos
-        self.raw = received.data
-        self.message = parse_message(received.data)
-        self.text = self.message.get_body(('plain',)).get_content()
-        self.html = self.message.get_body(('html',)).get_content()
-        self.links, self.images = html_links(self.html)
-
-    def __getitem__(self, header):
-        return self.message[header]
-
-    def link(self, text):
-        "The URL of the link whose text is text"
-        urls = [href for href, t in self.links if t == text]
-        assert len(urls) == 1, (text, self.links)
-        return urls[0]
-
-    @property
-    def pixel(self):
-        return self.images[-1]
-
-
-def party_reference(party_id):
-    return 'party.party,%s' % party_id
-
-
-def encode(value):
-    return PYSONEncoder().encode(value)
-
-
-def inspecting():
-    "A transaction to look at the database, that changes nothing"
-    return Transaction().start(DB_NAME, USER, readonly=True)
-
-
-def message(msg_id, **variables):
-    "The English text of the module's message"
-    with inspecting():
-        return gettext('marketing_automation.' + msg_id, **variables)
-
-
-def page_text(response):
-    return ' '.join(lxml.html.document_fromstring(
-            response.get_data(as_text=True)).text_content().split())
-
-
-class EmailTestCase(SendingTestMixin, TestCase):
+class EmailTestCase(EmailTestMixin, TestCase):
     "The emails of marketing scenarios, from the cron to the recipient"
 
     @classmethod
@@ -168,31 +65,6 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     # Setting things up, as a marketer and as the crons
 
-    def create_parties(self, *parties):
-        """Create the parties of (name, email) or (name, email, language)
-        and return their ids"""
-        with committed():
-            pool = Pool()
-            Party = pool.get('party.party')
-            Lang = pool.get('ir.lang')
-            values = []
-            for name, address, *language in parties:
-                value = {'name': name}
-                if address:
-                    value['contact_mechanisms'] = [('create', [{
-                                    'type': 'email', 'value': address,
-                                    }])]
-                if language:
-                    lang, = Lang.search([('code', '=', language[0])])
-                    value['lang'] = lang.id
-                values.append(value)
-            return [p.id for p in Party.create(values)]
-
-    def start_scenario(self, party_ids, activities, **values):
-        "Create a running scenario on the parties and return its id"
-        return self.running_scenario(
-            "Spring", [('id', 'in', party_ids)], activities, **values)
-
     def make_due(self, scenario_id, party_id, activity_name):
         with committed():
             RecordActivity = Pool().get('marketing.automation.record.activity')
@@ -214,54 +86,6 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     # Looking at the database, as the marketer does (inside a transaction)
 
-    def entry(self, scenario_id, party_id, activity_name):
-        "The record activity of the party in the activity"
-        RecordActivity = Pool().get('marketing.automation.record.activity')
-        entries = RecordActivity.search([
-                ('record.scenario', '=', scenario_id),
-                ('record.record', '=', party_reference(party_id)),
-                ('activity.name', '=', activity_name),
-                ])
-        self.assertLessEqual(len(entries), 1)
-        return entries[0] if entries else None
-
-    def record(self, scenario_id, party_id):
-        Record = Pool().get('marketing.automation.record')
-        records = Record.search([
-                ('scenario', '=', scenario_id),
-                ('record', '=', party_reference(party_id)),
-                ])
-        return records[0] if records else None
-
-    def snapshot(self):
-        "What a request could change"
-        with inspecting():
-            pool = Pool()
-            Record = pool.get('marketing.automation.record')
-            RecordActivity = pool.get('marketing.automation.record.activity')
-            Access = pool.get('web.shortened_url.access')
-            Unsubscribed = pool.get(
-                'party.party-unsubscribed-marketing.automation.scenario')
-            return {
-                'records': sorted(
-                    (r.id, r.blocked) for r in Record.search([])),
-                'entries': sorted(
-                    (e.id, e.state, e.at, e.email_opened, e.email_clicked)
-                    for e in RecordActivity.search([])),
-                'accesses': Access.search([], count=True),
-                'unsubscribed': sorted(
-                    (u.party.id, u.scenario.id)
-                    for u in Unsubscribed.search([])),
-                }
-
-    def mails_to(self, address):
-        return [Mail(m) for m in self.smtp.to(address)]
-
-    def mail_to(self, address):
-        mails = self.mails_to(address)
-        self.assertEqual(len(mails), 1, msg=f"emails to {address}")
-        return mails[0]
-
     def assertClientError(self, response, msg=None):
         self.assertGreaterEqual(response.status_code, 400, msg=msg)
         self.assertLess(response.status_code, 500, msg=msg)
@@ -270,7 +94,7 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def test_one_email_per_party_with_an_address(self):
         "Each party with an address gets its email; the others are reported"
-        ann, bob, emile = self.create_parties(
+        ann, bob, emile = create_parties(
             ("Ann Archer", 'ann@example.com'),
             ("Bob Baker", None),
             ("Émile Zola", 'emile@exämple.com'))
@@ -359,7 +183,7 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def test_links_of_the_email(self):
         "Every web link is tracked, with a token of its own"
-        ann, bob = self.create_parties(
+        ann, bob = create_parties(
             ("Ann Archer", 'ann@example.com'),
             ("Bob Baker", 'bob@example.com'))
         scenario = self.start_scenario([ann, bob], [welcome()])
@@ -421,7 +245,7 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def test_follow_links(self):
         "Clicks and opens move the recipients on; HEAD requests do not"
-        ann, bob, cid = self.create_parties(
+        ann, bob, cid = create_parties(
             ("Ann Archer", 'ann@example.com'),
             ("Bob Baker", 'bob@example.com'),
             ("Cid Cooper", 'cid@example.com'))
@@ -513,7 +337,7 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def test_message_id(self):
         "The Message-ID names the entry: a resent message keeps it"
-        ann, bob = self.create_parties(
+        ann, bob = create_parties(
             ("Ann Archer", 'ann@example.com'),
             ("Bob Baker", 'bob@example.com'))
         scenario = self.start_scenario([ann, bob], [welcome([THANKS])])
@@ -560,7 +384,7 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def test_template_failing_for_one_recipient(self):
         "A template that fails for one recipient does not stop the others"
-        ann, bad, cid = self.create_parties(
+        ann, bad, cid = create_parties(
             ("Ann", 'ann@example.com'),
             ("Bad", 'bad@example.com'),
             ("Cid", 'cid@example.com'))
@@ -595,7 +419,7 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def test_rolled_back_work_sends_nothing(self):
         "No email leaves for work that is rolled back"
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         scenario = self.start_scenario([ann], [welcome()])
 
         with Transaction().start(DB_NAME, USER) as transaction:
@@ -611,7 +435,7 @@ class EmailTestCase(SendingTestMixin, TestCase):
 
     def test_delivered_at_once(self):
         "An email rendered late in a second goes with the delivery after it"
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         scenario = self.start_scenario([ann], [welcome()])
         with committed():
             Pool().get('marketing.automation.scenario').trigger()
@@ -628,19 +452,6 @@ class EmailTestCase(SendingTestMixin, TestCase):
                 (entry.state, entry.email_sent), ('done', True))
 
     # Unsubscribe
-
-    def send_welcome(self, *parties, **values):
-        """Send the welcome email to the parties (name, address) and return
-        the scenario id, the party ids and the emails in the same order"""
-        party_ids = self.create_parties(*parties)
-        scenario = self.start_scenario(
-            party_ids, [welcome([THANKS, REMINDER])], **values)
-        self.run_crons()
-        return scenario, party_ids, [self.mail_to(p[1]) for p in parties]
-
-    def is_blocked(self, scenario, party):
-        with inspecting():
-            return self.record(scenario, party).blocked
 
     def test_unsubscribe_confirmation(self):
         "The link asks before it unsubscribes; the form's POST does it"
@@ -938,7 +749,7 @@ class EmailTestCase(SendingTestMixin, TestCase):
             Lang = Pool().get('ir.lang')
             french, = Lang.search([('code', '=', 'fr')])
             self.assertTrue(french.translatable)
-        ann, amelie = self.create_parties(
+        ann, amelie = create_parties(
             ("Ann", 'ann@example.com', 'en'),
             ("Amélie", 'amelie@example.com', 'fr'))
         scenario = self.start_scenario([ann, amelie], [welcome(

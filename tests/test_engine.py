@@ -13,15 +13,15 @@ from trytond.model.exceptions import ValidationError
 from trytond.modules.marketing_automation.exceptions import (
     ActivityError, ConditionError, DomainError, TemplateError)
 from trytond.pool import Pool
-from trytond.pyson import Bool, Eval, PYSONEncoder
+from trytond.pyson import Bool, Eval
 from trytond.tests.test_tryton import (
     CONTEXT, DB_NAME, USER, TestCase, activate_module, drop_db,
     with_transaction)
 from trytond.transaction import Transaction
 
-from .test_email import Mail, inspecting
 from .tools import (
-    SendingTestMixin, committed, decide_events, human_request, override_config)
+    Mail, SendingTestMixin, committed, create_parties, decide_events, encode,
+    human_request, inspecting, override_config)
 
 EMAIL = {
     'action': 'send_email',
@@ -32,10 +32,6 @@ EMAIL = {
     }
 
 
-def encode(value):
-    return PYSONEncoder().encode(value)
-
-
 def message_start(message_id, **variables):
     "The text of the message up to where the exception is written"
     variables.setdefault('exception', '\0')
@@ -43,26 +39,9 @@ def message_start(message_id, **variables):
         'marketing_automation.' + message_id, **variables).split('\0')[0]
 
 
-def create_parties(*names, **values):
-    Party = Pool().get('party.party')
-    return Party.create([{'name': n, **values} for n in names])
-
-
 def address(name):
     "The email address of the recipient name"
     return '%s@example.com' % name.lower()
-
-
-def create_recipients(*names):
-    "Parties with an email address of their own"
-    Party = Pool().get('party.party')
-    return Party.create([{
-                'name': name,
-                'contact_mechanisms': [('create', [{
-                                'type': 'email',
-                                'value': address(name),
-                                }])],
-                } for name in names])
 
 
 def create_scenario(parties, activities, state='running', **values):
@@ -180,7 +159,8 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         Scenario = pool.get('marketing.automation.scenario')
         Record = pool.get('marketing.automation.record')
         RecordActivity = pool.get('marketing.automation.record.activity')
-        create_parties("Customer Ann", "Customer Bob")
+        create_parties(
+            "Customer Ann", "Customer Bob", email=None, commit=False)
         scenario = create_scenario([], [{'name': "Welcome"}],
             domain=encode([('name', 'like', 'Customer %')]))
 
@@ -190,7 +170,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         self.assertEqual(Record.search([], count=True), 2)
         self.assertEqual(RecordActivity.search([], count=True), 2)
 
-        create_parties("Customer Cid")
+        create_parties("Customer Cid", email=None, commit=False)
         Scenario.trigger()
 
         self.assertEqual(set(records(scenario)), {
@@ -204,7 +184,8 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         Record = pool.get('marketing.automation.record')
-        parties = create_parties(*("Customer %s" % i for i in range(7)))
+        parties = create_parties(
+            *("Customer %s" % i for i in range(7)), email=None, commit=False)
         parties[3].active = False
         parties[3].save()
         scenario = create_scenario([], [{'name': "Welcome"}, {
@@ -232,8 +213,8 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         "The condition of a root activity selects who enters it"
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
-        parties = create_recipients("Ann")
-        parties += create_parties("Bob", "Cid")
+        parties = create_parties("Ann", email=address, commit=False)
+        parties += create_parties("Bob", "Cid", email=None, commit=False)
         scenario = create_scenario(parties, [{
                     'name': "Reachable",
                     'condition': encode(Bool(Eval('self', {}).get('email'))),
@@ -260,7 +241,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         "A root activity is due at its delay after the record entered"
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
-        parties = create_parties("Ann")
+        parties = create_parties("Ann", email=None, commit=False)
         create_scenario(parties, [{
                     'name': "Now",
                     }, {
@@ -286,7 +267,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_parties("Ann", "Bob")
+        parties = create_parties("Ann", "Bob", email=None, commit=False)
         create_scenario(parties, [{
                     'name': "Welcome",
                     'children': [('create', [{
@@ -333,7 +314,8 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         "The cron queues the due entries and the queue does them"
         try:
             with committed():
-                parties = create_parties("Queue Ann", "Queue Bob")
+                parties = create_parties(
+                    "Queue Ann", "Queue Bob", email=None, commit=False)
                 create_scenario(parties, [{
                             'name': "Queue now",
                             }, {
@@ -376,7 +358,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         Scenario = pool.get('marketing.automation.scenario')
         Record = pool.get('marketing.automation.record')
         RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_parties("Ann", "Bob")
+        parties = create_parties("Ann", "Bob", email=None, commit=False)
         scenario = create_scenario(parties, [{'name': "Welcome"}])
         Scenario.trigger()
         Record.block([records(scenario)["Bob"]])
@@ -393,7 +375,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         Scenario = pool.get('marketing.automation.scenario')
         Party = pool.get('party.party')
         RecordActivity = pool.get('marketing.automation.record.activity')
-        ann, bob = create_parties("Ann", "Bob")
+        ann, bob = create_parties("Ann", "Bob", email=None, commit=False)
         create_scenario([ann, bob], [{'name': "Welcome"}])
         Scenario.trigger()
         ann_entry = [('record.record', '=', str(ann))]
@@ -418,7 +400,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         Scenario = pool.get('marketing.automation.scenario')
         Party = pool.get('party.party')
         RecordActivity = pool.get('marketing.automation.record.activity')
-        ann, bob = create_parties("Ann", "Bob")
+        ann, bob = create_parties("Ann", "Bob", email=None, commit=False)
         create_scenario([ann, bob], [{
                     'name': "Email",
                     **EMAIL,
@@ -448,7 +430,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_recipients("Ann")
+        parties = create_parties("Ann", email=address, commit=False)
         create_scenario(parties, email_tree())
         Scenario.trigger()
         email = activities()["Email"]
@@ -469,7 +451,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         Scenario = pool.get('marketing.automation.scenario')
         Record = pool.get('marketing.automation.record')
         RecordActivity = pool.get('marketing.automation.record.activity')
-        parties = create_parties("Ann", "Bob")
+        parties = create_parties("Ann", "Bob", email=None, commit=False)
         scenario = create_scenario(
             parties, [{'name': "Welcome"}], state='draft')
 
@@ -480,7 +462,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         Scenario.run([scenario])
         Scenario.trigger()
         Scenario.stop([scenario])
-        create_parties("Cid")
+        create_parties("Cid", email=None, commit=False)
         Scenario.write([scenario], {
                 'domain': encode([('name', 'in', ["Ann", "Bob", "Cid"])]),
                 })
@@ -556,7 +538,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         Party = pool.get('party.party')
-        create_parties("Ann")
+        create_parties("Ann", email=None, commit=False)
 
         def create():
             return Scenario.create([{
@@ -571,7 +553,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
 
         # the transaction goes on
         self.assertEqual(Party.search([], count=True), 1)
-        create_parties("Bob")
+        create_parties("Bob", email=None, commit=False)
         self.assertEqual(Party.search([], count=True), 2)
 
     @with_transaction()
@@ -727,11 +709,12 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         Record = pool.get('marketing.automation.record')
-        create_parties("Customer Ann", "Customer Bob")
+        create_parties(
+            "Customer Ann", "Customer Bob", email=None, commit=False)
         # whether an inactive party enters is the engine's choice, the
         # preview must agree with it
-        create_parties("Customer Cid", active=False)
-        create_parties("Supplier Dan")
+        create_parties("Customer Cid", active=False, email=None, commit=False)
+        create_parties("Supplier Dan", email=None, commit=False)
         scenario = create_scenario([], [{'name': "Welcome"}],
             state='draft', domain=encode([('name', 'like', 'Customer %')]))
 
@@ -739,7 +722,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         self.assertIn(preview, {2, 3})
         self.assertEqual(scenario.record_count_blocked, 0)
         self.assertEqual(scenario.block_rate, 0)
-        create_parties("Customer Eve")
+        create_parties("Customer Eve", email=None, commit=False)
         self.assertEqual(Scenario(scenario.id).record_count, preview + 1)
 
         Scenario.run([scenario])
@@ -754,7 +737,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
                 records(scenario)["Customer Bob"],
                 records(scenario)["Customer Eve"],
                 ])
-        create_parties("Customer Fay")
+        create_parties("Customer Fay", email=None, commit=False)
 
         scenario = Scenario(scenario.id)
         self.assertEqual(scenario.record_count, preview + 1)
@@ -769,7 +752,8 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         Record = pool.get('marketing.automation.record')
-        ann, bob = parties = create_parties("Ann", "Bob")
+        ann, bob = parties = create_parties(
+            "Ann", "Bob", email=None, commit=False)
         scenario = create_scenario(
             parties, [{'name': "Welcome"}], unsubscribable=True)
         Scenario.trigger()
@@ -792,7 +776,7 @@ class MarketingAutomationEngineTestCase(TimeAssertions, TestCase):
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         Record = pool.get('marketing.automation.record')
-        ann, = parties = create_parties("Ann")
+        ann, = parties = create_parties("Ann", email=None, commit=False)
         scenario = create_scenario(parties, [{'name': "Welcome"}])
         Scenario.trigger()
 
@@ -845,7 +829,9 @@ class MarketingAutomationEngineEmailTestCase(
         email_tree() on them"""
         with committed():
             create_scenario(
-                create_recipients(*names), email_tree(self.suffix),
+                create_parties(
+                    *names,
+                    email=address, commit=False), email_tree(self.suffix),
                 name="Welcome" + self.suffix)
 
     def send_emails(self):

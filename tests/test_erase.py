@@ -19,9 +19,9 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import ONE_CLICK, Mail, inspecting, party_reference
-from .test_reporting import reporting
-from .tools import SendingTestMixin, committed, decide_events, human_request
+from .tools import (
+    ONE_CLICK, Mail, SendingTestMixin, committed, create_parties,
+    decide_events, human_request, inspecting, party_reference, reporting)
 
 NAME = "Zelda Quorvex"
 ADDRESS = 'zelda.quorvex@example.com'
@@ -125,14 +125,6 @@ class _ScenarioTestMixin(SendingTestMixin):
                 ('marketing', 'frequency_cap'): '10/day',
                 })
 
-    def create_party(self, name, address=None):
-        with committed():
-            Party = Pool().get('party.party')
-            party, = Party.create([{'name': name}])
-            if address:
-                self.add_address(party.id, address)
-            return party.id
-
     def add_address(self, party_id, address):
         ContactMechanism = Pool().get('party.contact_mechanism')
         ContactMechanism.create([{
@@ -216,8 +208,8 @@ class EraseTestCase(_ScenarioTestMixin, TestCase):
 
     def test_erase_party(self):
         "Nothing of an erased party is left, and the figures do not move"
-        zelda = self.create_party(NAME)
-        ann = self.create_party("Ann Archer", 'ann@example.com')
+        zelda, ann = create_parties(
+            (NAME, None), ("Ann Archer", 'ann@example.com'))
 
         # a newsletter finds Zelda without an address: its error names her
         self.start_scenario("Newsletter", [zelda], [{
@@ -350,8 +342,8 @@ class EraseTestCase(_ScenarioTestMixin, TestCase):
         the logs of the test emails to her or made for her, the faults that
         quote her, the previews left open on her, the logs of her emails
         from a scenario deleted since"""
-        zelda = self.create_party(NAME, ADDRESS)
-        ann = self.create_party("Ann Archer", 'ann@example.com')
+        zelda, ann = create_parties(
+            (NAME, ADDRESS), ("Ann Archer", 'ann@example.com'))
 
         # an email of a scenario deleted since: its log lost its record
         old = self.start_scenario("Old", [zelda], [{
@@ -490,8 +482,8 @@ class RetentionTestCase(_ScenarioTestMixin, TestCase):
 
     def test_purge_messages_and_links(self):
         "The messages go after 30 days, the links after 400, not the figures"
-        yuri = self.create_party("Yuri", 'yuri@example.com')
-        xia = self.create_party("Xia", 'xia@example.com')
+        yuri, xia = create_parties(
+            ("Yuri", 'yuri@example.com'), ("Xia", 'xia@example.com'))
         self.start_scenario(
             "Summer", [yuri, xia], [welcome([THANKS])])
         self.run_crons()

@@ -24,11 +24,9 @@ from trytond.tests.test_tryton import (
     DB_NAME, USER, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
 
-from .test_email import BASE, Mail, inspecting
-from .test_reporting import reporting
 from .tools import (
-    BROWSER, SendingTestMixin, committed, decide_events, event_clock,
-    human_request)
+    BASE, BROWSER, Mail, SendingTestMixin, committed, decide_events,
+    event_clock, human_request, inspecting, reporting)
 
 
 class Received(Mail):

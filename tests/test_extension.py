@@ -10,18 +10,12 @@ the activities.  Each effect is seen where a user sees it: in a real email
 received by a real SMTP server, in the entries, in a reporting row.
 """
 from trytond.pool import Pool
-from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import (
     TestCase, activate_module, drop_db, with_transaction)
 
-from .test_email import Mail, inspecting
-from .test_reporting import (
-    EMAIL, create_entries, create_scenario, reporting, sent)
-from .tools import SENDER, SendingTestMixin, committed, override_config
-
-
-def encode(value):
-    return PYSONEncoder().encode(value)
+from .tools import (
+    EMAIL, SENDER, Mail, SendingTestMixin, create_entries, create_parties,
+    create_running_scenario, inspecting, override_config, reporting, sent)
 
 
 class ExtensionTestCase(SendingTestMixin, TestCase):
@@ -40,18 +34,6 @@ class ExtensionTestCase(SendingTestMixin, TestCase):
                 ('marketing_test', 'hooks'): 'True',
                 })
 
-    def create_parties(self, *names):
-        with committed():
-            Party = Pool().get('party.party')
-            return [p.id for p in Party.create([{
-                            'name': name,
-                            'contact_mechanisms': [('create', [{
-                                            'type': 'email',
-                                            'value': '%s@example.com' % (
-                                                name.split()[0].lower()),
-                                            }])],
-                            } for name in names])]
-
     def start_scenario(self, name, party_ids, activities):
         return self.running_scenario(
             name, [('id', 'in', party_ids)], activities)
@@ -59,7 +41,7 @@ class ExtensionTestCase(SendingTestMixin, TestCase):
     def test_email_hooks(self):
         """A variable, the sender and a header come from the overrides of
         email_context, email_sender and email_headers"""
-        ann, = self.create_parties("Ann Archer")
+        ann, = create_parties("Ann Archer")
         self.start_scenario("Autumn", [ann], [{
                     'name': "Autumn email",
                     'action': 'send_email',
@@ -80,7 +62,7 @@ class ExtensionTestCase(SendingTestMixin, TestCase):
 
         # without the extension, the email is the module's
         self.configure({('marketing_test', 'hooks'): 'False'})
-        bob, = self.create_parties("Bob")
+        bob, = create_parties("Bob")
         self.start_scenario("Winter", [bob], [{
                     'name': "Winter email",
                     'action': 'send_email',
@@ -96,7 +78,7 @@ class ExtensionTestCase(SendingTestMixin, TestCase):
     def test_action_of_one_entry_at_a_time(self):
         """An action written for Tryton's own module runs for each entry,
         the error of one entry its own"""
-        ann, ghost = self.create_parties("Ann", "Ghost")
+        ann, ghost = create_parties("Ann", "Ghost")
         self.start_scenario("Door to door", [ann, ghost], [{
                     'name': "Visit",
                     'action': 'record_visit',
@@ -151,7 +133,7 @@ class ReportingExtensionTestCase(TestCase):
     @with_transaction()
     def test_reporting_hooks(self):
         "The reporting of another module counts only unblocked records"
-        scenario = create_scenario([{'name': "Email", **EMAIL}])
+        scenario = create_running_scenario([{'name': "Email", **EMAIL}])
         activity, = scenario.activities
         entries = create_entries(
             activity, sent(opened=True), sent(), sent(clicked=True))

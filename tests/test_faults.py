@@ -19,19 +19,15 @@ from unittest import mock
 from sql import Null
 
 from trytond.pool import Pool
-from trytond.pyson import Eval, Greater, PYSONEncoder
+from trytond.pyson import Eval, Greater
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import Mail, inspecting, message, welcome
 from .tools import (
-    SendingTestMixin, SMTPServer, committed, without_mjml_compilers)
+    Mail, SMTPServer, SendingTestMixin, committed, create_parties, encode,
+    inspecting, message, welcome, without_mjml_compilers)
 
 LOGGER = 'trytond.modules.marketing_automation'
-
-
-def encode(value):
-    return PYSONEncoder().encode(value)
 
 
 def news(name, **values):
@@ -62,22 +58,6 @@ class FaultsTestCase(SendingTestMixin, TestCase):
                 })
 
     # Setting things up
-
-    def create_parties(self, *parties):
-        "Create the parties of (name, email[, code]) and return their ids"
-        with committed():
-            Party = Pool().get('party.party')
-            values = []
-            for name, address, *code in parties:
-                value = {'name': name}
-                if address:
-                    value['contact_mechanisms'] = [('create', [{
-                                    'type': 'email', 'value': address,
-                                    }])]
-                if code:
-                    value['code'] = code[0]
-                values.append(value)
-            return [p.id for p in Party.create(values)]
 
     def start_scenario(self, party_ids, activities, name="Spring"):
         # the names of the activities are the test's own
@@ -178,7 +158,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_failing_domain_skips_its_scenario_only(self):
         "A domain that fails under the cron stops its scenario, not others"
-        ann, bob = self.create_parties(
+        ann, bob = create_parties(
             ("Ann", 'ann@example.com'), ("Bob", 'bob@example.com'))
         broken = self.start_scenario([ann], [news("Broken")], name="Broken")
         self.start_scenario([bob], [news("Fine")], name="Fine")
@@ -221,10 +201,10 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_condition_failing_for_some_records(self):
         "A condition that fails for a record is that record's error"
-        parties = self.create_parties(
-            ("Ann", 'ann@example.com', '42'),
-            ("Bob", 'bob@example.com', 'B-7'),
-            ("Cid", 'cid@example.com', '43'))
+        parties = create_parties(
+            ("Ann", 'ann@example.com'), ("Bob", 'bob@example.com'),
+            ("Cid", 'cid@example.com'),
+            code={"Ann": '42', "Bob": 'B-7', "Cid": '43'}.get)
         # a code that is not a number makes the comparison fail
         condition = encode(Greater(Eval('self.code', 0), 1))
         self.start_scenario(parties, [
@@ -248,9 +228,9 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_condition_failing_for_every_record(self):
         "A condition that fails for every record pauses its activity"
-        parties = self.create_parties(
-            ("Ann", 'ann@example.com', 'A-1'),
-            ("Bob", 'bob@example.com', 'B-2'))
+        parties = create_parties(
+            ("Ann", 'ann@example.com'), ("Bob", 'bob@example.com'),
+            code={"Ann": 'A-1', "Bob": 'B-2'}.get)
         condition = encode(Greater(Eval('self.code', 0), 1))
         self.start_scenario(parties, [
                 news("Numbered", condition=condition),
@@ -281,7 +261,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_template_failing_for_everyone(self):
         "A template that fails for every recipient pauses its activity"
-        parties = self.create_parties(
+        parties = create_parties(
             ("Ann", 'ann@example.com'), ("Bob", 'bob@example.com'))
         self.start_scenario(parties, [
                 news("Broken", email_template='<p>${1 / 0}</p>'),
@@ -320,7 +300,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_template_refused_by_the_sandbox(self):
         "A template stored before the sandbox refused it pauses at run time"
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [news("Old"), news("Fine")])
         self.store(
             'marketing.automation.activity', self.activity_id("Old"),
@@ -333,7 +313,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_unusable_link_stored_before_the_checks(self):
         "A link refused by the checks pauses an activity stored before them"
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [news("Old"), news("Fine")])
         self.store(
             'marketing.automation.activity', self.activity_id("Old"),
@@ -348,7 +328,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
     def test_template_that_never_ends(self):
         "A template that outlasts its time limit pauses its activity"
         self.configure({('marketing', 'render_timeout'): '0.3'})
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [
                 news("Endless", email_template=(
                         '<div><py:for each="i in range(10000)">'
@@ -364,7 +344,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
         """A template whose work never returns to Python pauses its activity
         at the time limit, and the other activities go on"""
         self.configure({('marketing', 'render_timeout'): '1'})
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [
                 news("Runaway", email_template=(
                         '<p>${[[0] * 5000000] * 5000000 == '
@@ -385,7 +365,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
         error of its recipient, or the fault of its activity when it is so
         for everyone, names the expression that weighs most"""
         self.configure({('marketing', 'email_max_size'): '20000'})
-        ann, bob, eve = self.create_parties(
+        ann, bob, eve = create_parties(
             ("Ann", 'ann@example.com'), ("Bob", 'bob@example.com'),
             ("Eve" * 10000, 'eve@example.com'))
         self.start_scenario([ann, bob, eve], [
@@ -413,7 +393,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
     def test_missing_mjml_compiler(self):
         """Without an MJML compiler an MJML activity waits, and goes once
         there is one"""
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [
                 news("Styled", email_template=(
                         '<mjml><mj-body><mj-section><mj-column>'
@@ -435,7 +415,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_error_of_a_template_variable(self):
         "An unexpected error of the action is contained in its activity"
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [news("Odd"), news("Fine")])
         with inspecting():
             Activity = Pool().get('marketing.automation.activity')
@@ -464,7 +444,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
                 ('email', 'from'): getpass.getuser(),
                 ('marketing', 'email_from'): '',
                 })
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [welcome()])
 
         self.run_crons()
@@ -476,7 +456,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_invalid_sender_stored_before_the_checks(self):
         "A sender that is no address pauses its activity and consumes nothing"
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [news("Signed"), news("Fine")])
         self.store(
             'marketing.automation.activity', self.activity_id("Signed"),
@@ -507,7 +487,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_invalid_sender_refused_on_save(self):
         "A sender that is no address is refused when the activity is saved"
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         with committed():
             Scenario = Pool().get('marketing.automation.scenario')
             with self.assertRaises(Exception) as raised:
@@ -523,7 +503,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_sender_refused_by_the_server(self):
         "A sender the server refuses pauses its activity; its emails wait"
-        ann, bob = self.create_parties(
+        ann, bob = create_parties(
             ("Ann", 'ann@example.com'), ("Bob", 'bob@example.com'))
         self.start_scenario([ann, bob], [
                 news("Signed", email_from='Team <team@example.com>'),
@@ -566,7 +546,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
         wrong = f'smtp://marketing:wrong@127.0.0.1:{self.smtp.port}'
         right = f'smtp://marketing:secret@127.0.0.1:{self.smtp.port}'
         self.configure({('email', 'uri'): wrong})
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [news("First"), news("Second")])
 
         self.run_crons()
@@ -586,7 +566,7 @@ class FaultsTestCase(SendingTestMixin, TestCase):
 
     def test_server_down_consumes_nothing(self):
         "While the server is down, no email gives up after its attempts"
-        ann, = self.create_parties(("Ann", 'ann@example.com'))
+        ann, = create_parties(("Ann", 'ann@example.com'))
         self.start_scenario([ann], [news("Patient")])
         self.smtp.stop()
         self.run_crons()

@@ -17,21 +17,17 @@ from trytond.modules.company.tests import create_company, set_company
 from trytond.modules.currency.tests import add_currency_rate, create_currency
 from trytond.modules.marketing_automation.exceptions import DomainError
 from trytond.pool import Pool
-from trytond.pyson import Eval, PYSONEncoder
+from trytond.pyson import Eval
 from trytond.tests.test_tryton import (
     TestCase, activate_module, drop_db, with_transaction)
 from trytond.transaction import Transaction
 
-from .test_email import inspecting
 from .tools import (
-    SendingTestMixin, clicked_entry, committed, confirm_sale, without_company)
+    SendingTestMixin, clicked_entry, committed, confirm_sale, create_parties,
+    encode, inspecting, without_company)
 
 LOGGER = 'trytond.modules.marketing_automation'
 BOUGHT = ['confirmed', 'processing', 'done']
-
-
-def encode(value):
-    return PYSONEncoder().encode(value)
 
 
 def email(name, **values):
@@ -59,19 +55,6 @@ class GoalTestCase(SendingTestMixin, TestCase):
     def setUp(self):
         super().setUp()
         self.start_sending()
-
-    def create_parties(self, *names):
-        with committed():
-            Party = Pool().get('party.party')
-            return [p.id for p in Party.create([{
-                            'name': '%s %s' % (name, self._testMethodName),
-                            'addresses': [('create', [{}])],
-                            'contact_mechanisms': [('create', [{
-                                            'type': 'email',
-                                            'value': '%s@example.com' % (
-                                                name.lower()),
-                                            }])],
-                            } for name in names])]
 
     def start_scenario(self, party_ids, goal, activities, name="Spring"):
         return self.running_scenario(
@@ -138,7 +121,8 @@ class GoalTestCase(SendingTestMixin, TestCase):
     def test_goal_fault_in_trigger(self):
         """A goal that fails under the trigger stops its scenario and shows
         why; the other scenario enters and converts its records"""
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob", suffix=self._testMethodName, postal_address=True)
         broken = self.start_scenario(
             [ann], [('name', '!=', None)], [email("Broken")], name="Broken")
         fine = self.start_scenario(
@@ -160,7 +144,8 @@ class GoalTestCase(SendingTestMixin, TestCase):
     def test_goal_fault_in_process(self):
         """A goal that fails when the entries are due holds them, with the
         error on the scenario, until it is mended"""
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob", suffix=self._testMethodName, postal_address=True)
         broken = self.start_scenario(
             [ann], [('name', '=', 'Nobody')], [email("Broken")],
             name="Broken")
@@ -191,7 +176,8 @@ class GoalTestCase(SendingTestMixin, TestCase):
 
     def test_deleted_record_not_converted(self):
         "A record whose party was deleted is neither converted nor counted"
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob", suffix=self._testMethodName, postal_address=True)
         scenario = self.start_scenario(
             [ann, bob], None, [email("Welcome", delay=dt.timedelta(days=1))])
         self.trigger()
@@ -241,7 +227,8 @@ class GoalTestCase(SendingTestMixin, TestCase):
     def test_entry_date(self):
         """The goal compares with the day each record entered: one entered
         before the sale converts, one entered after it does not"""
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob", suffix=self._testMethodName, postal_address=True)
         with committed():
             pool = Pool()
             Sale = pool.get('sale.sale')
@@ -288,7 +275,8 @@ class GoalTestCase(SendingTestMixin, TestCase):
     def test_statements_per_batch(self):
         "The goal check of a batch costs the same statements at any size"
         names = ["Party%s" % i for i in range(300)]
-        parties = self.create_parties(*names)
+        parties = create_parties(
+            *names, suffix=self._testMethodName, postal_address=True)
         scenario = self.start_scenario(
             parties, None, [email("Welcome", delay=dt.timedelta(days=1))])
         self.trigger()

@@ -33,8 +33,9 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import inspecting, message
-from .tools import BASE, SENDER, SendingTestMixin, committed
+from .tools import (
+    BASE, SENDER, SendingTestMixin, committed, create_parties, inspecting,
+    message)
 
 LOGGER = 'trytond.modules.marketing_automation'
 UTC = dt.timezone.utc
@@ -241,22 +242,11 @@ class PacingTestCase(SendingTestMixin, TestCase):
 
     # Setting things up
 
-    def create_parties(self, *names, timezone=None):
-        "Create the parties of names with an address each, return their ids"
-        with committed():
-            Party = Pool().get('party.party')
-            values = []
-            for name in names:
-                address = self.addresses[name] = (
-                    f'{name.lower()}.{uuid.uuid4().hex[:8]}@example.com')
-                values.append({
-                        'name': name,
-                        'marketing_timezone': timezone,
-                        'contact_mechanisms': [('create', [{
-                                        'type': 'email', 'value': address,
-                                        }])],
-                        })
-            return [p.id for p in Party.create(values)]
+    def address(self, name):
+        "A new email address of the party name, kept in self.addresses"
+        address = self.addresses[name] = (
+            f'{name.lower()}.{uuid.uuid4().hex[:8]}@example.com')
+        return address
 
     def start_scenario(self, party_ids, activities, **values):
         return self.running_scenario(
@@ -316,7 +306,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
     def test_window_holds_then_sends(self):
         """An email due on a Saturday waits for Monday 9:00 on the
         recipient's clock, and goes then, in the order of its due date"""
-        ids = self.create_parties("Ada", "Bea", "Cyd")
+        ids = create_parties("Ada", "Bea", "Cyd", email=self.address)
         scenario = self.start_scenario(
             ids, [news("Hello")], **self.office_hours())
         self.trigger(SATURDAY)
@@ -362,8 +352,9 @@ class PacingTestCase(SendingTestMixin, TestCase):
     def test_recipient_time_zone(self):
         """The window opens on the recipient's clock: Monday 9:00 in Tokyo
         is still Sunday in Paris"""
-        tokyo, = self.create_parties("Ken", timezone='Asia/Tokyo')
-        paris, = self.create_parties("Zoe")
+        tokyo, = create_parties(
+            "Ken", marketing_timezone='Asia/Tokyo', email=self.address)
+        paris, = create_parties("Zoe", email=self.address)
         scenario = self.start_scenario(
             [tokyo, paris], [news("Hello")], **self.office_hours())
         monday_tokyo = utc(dt.datetime(2027, 1, 11, 9, 30), TOKYO)
@@ -378,7 +369,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
     def test_activity_window(self):
         """An activity sends at any time, or in its own window, whatever the
         window of the scenario"""
-        ids = self.create_parties("Amy", "Bob")
+        ids = create_parties("Amy", "Bob", email=self.address)
         evening = {
             'send_window': 'activity',
             'window_days': ['saturday'],
@@ -415,7 +406,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
     def test_window_across_midnight_and_summer_time(self):
         """A night window on the recipient's clock, on the night Paris
         jumps to summer time"""
-        ids = self.create_parties("Night")
+        ids = create_parties("Night", email=self.address)
         scenario = self.start_scenario(ids, [news("Late")], **{
                 'send_window': True,
                 'window_days': ['saturday'],
@@ -439,7 +430,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
 
     def test_window_added_to_running_scenario(self):
         "Entries already due when a window is added wait, then go"
-        ids = self.create_parties("Ida", "Ivo")
+        ids = create_parties("Ida", "Ivo", email=self.address)
         scenario = self.start_scenario(ids, [news("Hello")])
         self.trigger(SATURDAY)
         with committed():
@@ -494,7 +485,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
         """A party in two scenarios gets one email a day: the one due first
         goes, the other waits a day and goes then"""
         self.configure({('marketing', 'frequency_cap'): '1/day'})
-        ids = self.create_parties("Cap")
+        ids = create_parties("Cap", email=self.address)
         early = self.start_scenario(ids, [news("Early")])
         late = self.start_scenario(ids, [news("Late", delay=dt.timedelta(
                         minutes=10))])
@@ -523,7 +514,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
     def test_cap_several_rules(self):
         "2 a day and 3 a week: the week's rule holds the fourth email"
         self.configure({('marketing', 'frequency_cap'): '2/day, 3/week'})
-        ids = self.create_parties("Weekly")
+        ids = create_parties("Weekly", email=self.address)
         scenarios = [
             self.start_scenario(ids, [news(f"News {i}")]) for i in range(4)]
         self.trigger(SATURDAY)
@@ -540,7 +531,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
         """An email that waits in the outbox for the mail server counts:
         the next one waits for the cap"""
         self.configure({('marketing', 'frequency_cap'): '1/day'})
-        ids = self.create_parties("Outbox")
+        ids = create_parties("Outbox", email=self.address)
         first = self.start_scenario(ids, [news("First")])
         self.trigger(SATURDAY)
         self.smtp.stop()
@@ -559,7 +550,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
     def test_cap_exempt(self):
         "An exempt scenario goes whatever the cap, and does not count"
         self.configure({('marketing', 'frequency_cap'): '1/day'})
-        ids = self.create_parties("Exempt")
+        ids = create_parties("Exempt", email=self.address)
         self.start_scenario(ids, [news("Offer")])
         self.start_scenario(ids, [news("Confirm", delay=dt.timedelta(
                         hours=1))], frequency_cap_exempt=True)
@@ -582,7 +573,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
                 ('marketing', 'frequency_cap'): '1/day',
                 ('marketing', 'frequency_cap_delay'): str(12 * 60 * 60),
                 })
-        ids = self.create_parties("Gives", "Up")
+        ids = create_parties("Gives", "Up", email=self.address)
         self.start_scenario(ids, [news("Sent")])
         scenario = self.start_scenario(ids, [news("Capped", delay=dt.timedelta(
                         minutes=1), children=[('create', [news("After")])])])
@@ -617,7 +608,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
 
     def test_cap_added_to_running_scenario(self):
         "Entries due when a cap is configured wait, then go, none is lost"
-        ids = self.create_parties("Run")
+        ids = create_parties("Run", email=self.address)
         scenarios = [
             self.start_scenario(ids, [news(f"Running {i}")])
             for i in range(3)]
@@ -634,7 +625,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
     def test_cap_refused(self):
         """A cap of 0, a period of 0 or a negative delay stops the capped
         activities with the reason, their entries waiting"""
-        ids = self.create_parties("Bad")
+        ids = create_parties("Bad", email=self.address)
         scenario = self.start_scenario(ids, [news("Bad cap")])
         self.trigger(SATURDAY)
         for option, value, expected in [
@@ -674,7 +665,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
         """Over the cap at the opening of the window, an email waits for
         the cap, then for the window"""
         self.configure({('marketing', 'frequency_cap'): '1/day'})
-        ids = self.create_parties("Both")
+        ids = create_parties("Both", email=self.address)
         self.start_scenario(ids, [news("First")], **self.office_hours())
         second = self.start_scenario(
             ids, [news("Second")], **self.office_hours())
@@ -701,7 +692,7 @@ class PacingTestCase(SendingTestMixin, TestCase):
         """Two workers doing the emails of two scenarios to the same parties
         at the same moment let one email a day through to each"""
         names = ['race%03d' % i for i in range(100)]
-        ids = self.create_parties(*names)
+        ids = create_parties(*names, email=self.address)
         scenarios = [
             self.start_scenario(ids, [news(f"Race {i}")]) for i in range(2)]
         with committed():

@@ -38,11 +38,10 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 from trytond.wsgi import app
 
-from .test_access import RPCError, Session
-from .test_email import (
-    DB64, GOODBYE, OFFER, ONE_CLICK, Mail, encode, inspecting, message,
-    page_text, welcome)
-from .tools import BASE, SENDER, SendingTestMixin, committed, shared_database
+from .tools import (
+    BASE, DB64, GOODBYE, OFFER, ONE_CLICK, SENDER, Mail, RPCError,
+    SendingTestMixin, Session, committed, create_parties, encode, inspecting,
+    message, page_text, shared_database, welcome)
 
 WIZARD = 'marketing.automation.activity.preview'
 ACTIVITY = 'marketing.automation.activity'
@@ -138,26 +137,6 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def named(self, name):
         return f'{name} {self._testMethodName}'
-
-    def create_parties(self, *parties):
-        """Create the parties of (name, email[, language]) and return their
-        ids; an email of None gives no address"""
-        with committed():
-            pool = Pool()
-            Party = pool.get('party.party')
-            Lang = pool.get('ir.lang')
-            values = []
-            for name, address, *language in parties:
-                value = {'name': name}
-                if address:
-                    value['contact_mechanisms'] = [('create', [{
-                                    'type': 'email', 'value': address,
-                                    }])]
-                if language:
-                    lang, = Lang.search([('code', '=', language[0])])
-                    value['lang'] = lang.id
-                values.append(value)
-            return [p.id for p in Party.create(values)]
 
     def create_scenario(self, party_ids, activity=None, **values):
         """Create a draft scenario on the parties with the activity (the
@@ -261,7 +240,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_preview_shows_the_email_of_the_first_record(self):
         "The first record of the domain, in its language, as it gets it"
-        ann, bea = self.create_parties(
+        ann, bea = create_parties(
             ("Ann Archer", 'ann@example.com'),
             ("Béa Blanc", 'bea@example.fr', 'fr'))
         scenario, activity = self.create_scenario([ann, bea])
@@ -324,7 +303,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_preview_of_a_record_without_address(self):
         "The record without an address would get nothing: it is said"
-        zoe, = self.create_parties(("Zoé Zeller", None))
+        zoe, = create_parties(("Zoé Zeller", None))
         _, activity = self.create_scenario([zoe])
         values = self.login().open_preview(activity)
         self.assertEqual(values['record'], f'party.party,{zoe}')
@@ -335,7 +314,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_preview_in_the_browser(self):
         "The HTML part, served to the marketer with a signed token"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         before = self.snapshot()
         mary = self.login()
@@ -402,7 +381,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_preview_expiry_is_configured(self):
         "The URL lives the minutes of [marketing] preview_expiry"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.configure({('marketing', 'preview_expiry'): '3'})
         mary = self.login()
@@ -423,7 +402,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_template_error_is_shown_and_nothing_sent(self):
         "The expression that fails is shown; no test email leaves"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.store(activity, email_template='<p>Hello ${record.nmae}</p>')
         mary = self.login()
@@ -452,7 +431,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
         """A template that loops in C stops at the time limit in the
         preview, and the server answers the other requests meanwhile"""
         self.configure({('marketing', 'render_timeout'): '3'})
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.store(activity, email_template=(
                 '<p>${[[0] * 5000000] * 5000000 == '
@@ -496,7 +475,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
     def test_error_of_the_record_is_shown(self):
         "A template that fails on a value of this record says so"
         # a name of 9 characters makes the division fail
-        ann, = self.create_parties(("Ann Arche", 'ann@example.com'))
+        ann, = create_parties(("Ann Arche", 'ann@example.com'))
         _, activity = self.create_scenario([ann], {
                 'name': "Share",
                 'action': 'send_email',
@@ -514,7 +493,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
     def test_send_a_test_email(self):
         """The test email, read as a mail client does: marked, untracked,
         with the headers of the real one; logged and not counted"""
-        ann, bob = self.create_parties(
+        ann, bob = create_parties(
             ("Ann Archer", 'ann@example.com'),
             ("Bob Baker", 'bob@example.com'))
         scenario, activity = self.create_scenario([ann, bob])
@@ -612,7 +591,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_invalid_addresses_are_refused(self):
         "A test address that is no email address is refused; none is sent"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         mary = self.login()
         values = form(mary.open_preview(activity))
@@ -646,7 +625,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_limit_of_test_emails(self):
         "A marketer sends at most [marketing] test_email_limit an hour"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.configure({('marketing', 'test_email_limit'): '3'})
         self.forget_tests()
@@ -676,7 +655,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
     def test_limit_holds_for_sends_at_once(self):
         """Three test sends of a marketer at the same moment, each in its
         own transaction, deliver no more than the limit between them"""
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.forget_tests()
         count = 3
@@ -712,7 +691,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_refused_test_emails_do_not_count(self):
         "A test email that the mail server refuses counts for nothing"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.configure({('marketing', 'test_email_limit'): '3'})
         self.forget_tests()
@@ -739,7 +718,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
     def test_retried_send_passes_no_limit(self):
         """A send whose transaction fails after its emails left, and that
         the server runs again, lets no more than the limit leave"""
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.configure({('marketing', 'test_email_limit'): '3'})
         self.forget_tests()
@@ -773,7 +752,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
     def test_lost_test_email_counts(self):
         """A test email on its way when the connection to the mail server
         is lost counts: it may have left"""
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.configure({
                 ('marketing', 'test_email_limit'): '2',
@@ -802,7 +781,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_refused_recipient_is_reported(self):
         "The mail server refusing one address: the others are sent"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         self.smtp.refuse('nobody@example.com', 550)
         mary = self.login()
@@ -823,7 +802,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_outsider_can_neither_preview_nor_send(self):
         "A user outside the Marketing group gets nothing, nor its URL works"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann])
         tom = self.login('tom')
         with self.assertRaises(RPCError) as raised:
@@ -880,7 +859,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_preview_only_of_emails(self):
         "An activity that sends no email has no preview"
-        ann, = self.create_parties(("Ann Archer", 'ann@example.com'))
+        ann, = create_parties(("Ann Archer", 'ann@example.com'))
         _, activity = self.create_scenario([ann], {'name': "Wait"})
         mary = self.login()
         # the button is not there
@@ -924,7 +903,7 @@ class PreviewTestCase(SendingTestMixin, TestCase):
 
     def test_audience(self):
         "The counts of the audience, each opening the list of its records"
-        ann, bob, cid, dan, eve, fay, gus = self.create_parties(
+        ann, bob, cid, dan, eve, fay, gus = create_parties(
             ("Ann", 'ann@example.com'),
             ("Bob", 'bob@example.com'),
             ("Cid", None),

@@ -6,7 +6,6 @@ The entries are written as the engine leaves them, without sending
 anything: done, with their email sent or not (and why not), opened and
 clicked, at dates in different months."""
 import datetime as dt
-import uuid
 
 from dateutil.relativedelta import relativedelta
 
@@ -15,45 +14,12 @@ from trytond.tests.test_tryton import (
     TestCase, activate_module, drop_db, with_transaction)
 from trytond.transaction import Transaction
 
-EMAIL = {
-    'action': 'send_email',
-    'email_title': "Hello",
-    'email_template': '<p>Hello</p>',
-    }
+from .tools import (
+    EMAIL, THIS_MONTH, at, create_entries, create_records,
+    create_running_scenario, reporting, sent)
+
 NO_ADDRESS = "The party has no email address."
-THIS_MONTH = dt.date.today().replace(day=1)
 LAST_MONTH = THIS_MONTH - relativedelta(months=1)
-
-
-def at(month, day=2):
-    "A time in month, away from the boundaries of the periods"
-    return dt.datetime.combine(month.replace(day=day), dt.time(12))
-
-
-def create_scenario(activities, name="Welcome"):
-    "A running scenario on parties with activities"
-    Scenario = Pool().get('marketing.automation.scenario')
-    scenario, = Scenario.create([{
-                'name': name,
-                'model': 'party.party',
-                'activities': [('create', activities)],
-                }])
-    Scenario.run([scenario])
-    return scenario
-
-
-def create_records(scenario, count, blocked=0):
-    "count records of new parties in scenario, the first blocked ones"
-    pool = Pool()
-    Party = pool.get('party.party')
-    Record = pool.get('marketing.automation.record')
-    parties = Party.create([{'name': "Party %s" % i} for i in range(count)])
-    return Record.create([{
-                'scenario': scenario.id,
-                'record': str(party),
-                'uuid': uuid.uuid4().hex,
-                'blocked': i < blocked,
-                } for i, party in enumerate(parties)])
 
 
 def set_create_date(records, date):
@@ -66,43 +32,8 @@ def set_create_date(records, date):
             where=table.id.in_([r.id for r in records])))
 
 
-def create_entries(activity, *entries):
-    """Done entries of activity, one per dict of values, each for a record
-    of a new party"""
-    RecordActivity = Pool().get('marketing.automation.record.activity')
-    records = create_records(activity.parent, len(entries))
-    return RecordActivity.create([{
-                'record': record.id,
-                'activity': activity.id,
-                'state': 'done',
-                'at': at(THIS_MONTH),
-                **values,
-                } for record, values in zip(records, entries)])
-
-
-def sent(opened=False, clicked=False, month=THIS_MONTH):
-    return {
-        'email_sent': True,
-        'email_opened': opened or clicked,
-        'email_clicked': clicked,
-        'at': at(month),
-        }
-
-
 def not_sent(error=NO_ADDRESS, month=THIS_MONTH, **flags):
     return {'email_sent': False, 'error': error, 'at': at(month), **flags}
-
-
-def reporting(model, domain=None, **context):
-    """The rows of the reporting of model as dicts, ordered by date, for all
-    time and by month unless context says otherwise"""
-    Reporting = Pool().get('marketing.automation.reporting.%s' % model)
-    context.setdefault('period', 'month')
-    with Transaction().set_context(context):
-        return Reporting.search_read(domain or [], fields_names=[
-                f for f in Reporting._fields
-                if f not in {'rec_name', 'create_uid', 'create_date',
-                    'write_uid', 'write_date'}])
 
 
 def only(rows):
@@ -121,7 +52,8 @@ class ReportingTestCase(TestCase):
         activate_module('marketing_automation')
 
     def email_activity(self, **values):
-        scenario = create_scenario([{'name': "Email", **EMAIL, **values}])
+        scenario = create_running_scenario(
+            [{'name': "Email", **EMAIL, **values}])
         activity, = scenario.activities
         return activity
 
@@ -259,7 +191,7 @@ class ReportingTestCase(TestCase):
     @with_transaction()
     def test_other_actions(self):
         "An activity without email counts its entries with no email"
-        scenario = create_scenario([{'name': "Wait"}])
+        scenario = create_running_scenario([{'name': "Wait"}])
         activity, = scenario.activities
         create_entries(activity, {}, {})
 
@@ -402,11 +334,11 @@ class ReportingTestCase(TestCase):
     @with_transaction()
     def test_scenario(self):
         "The records of a scenario per period of their entry, and blocked"
-        scenario = create_scenario([{'name': "Email", **EMAIL}])
+        scenario = create_running_scenario([{'name': "Email", **EMAIL}])
         old = create_records(scenario, 4, blocked=1)
         set_create_date(old, at(LAST_MONTH))
         create_records(scenario, 2)
-        other = create_scenario([], name="Other")
+        other = create_running_scenario([], name="Other")
         create_records(other, 2, blocked=2)
 
         last, this = reporting('scenario', [('scenario', '=', scenario)])

@@ -34,10 +34,9 @@ from trytond.tests.test_tryton import (
     DB_NAME, TestCase, activate_module, drop_db)
 from trytond.transaction import Transaction
 
-from . import test_email
-from .test_email import (
-    BASE, DB64, ONE_CLICK, TRACKED, b64, inspecting, message, page_text)
-from .tools import SendingTestMixin, committed, override_config
+from .tools import (
+    BASE, DB64, ONE_CLICK, TRACKED, EmailTestMixin, b64, committed,
+    inspecting, message, override_config, page_text)
 
 SEED = 8058
 WITHOUT_TOKEN, WITH_TOKEN = 3000, 1000
@@ -248,21 +247,9 @@ class Fuzz:
                 'name="List-Unsubscribe"\r\n\r\nOne-Click\r\n--b--\r\n'))
 
 
-class RoutesFuzzTestCase(SendingTestMixin, TestCase):
-    "The routes of the module answer every request without a 5xx"
-
-    # the recipients get their emails as in the email tests
-    create_parties = test_email.EmailTestCase.create_parties
-    start_scenario = test_email.EmailTestCase.start_scenario
-    run_crons = test_email.EmailTestCase.run_crons
-    process = test_email.EmailTestCase.process
-    entry = test_email.EmailTestCase.entry
-    record = test_email.EmailTestCase.record
-    snapshot = test_email.EmailTestCase.snapshot
-    mails_to = test_email.EmailTestCase.mails_to
-    mail_to = test_email.EmailTestCase.mail_to
-    send_welcome = test_email.EmailTestCase.send_welcome
-    is_blocked = test_email.EmailTestCase.is_blocked
+class RoutesFuzzTestCase(EmailTestMixin, TestCase):
+    """The routes of the module answer every request without a 5xx; the
+    recipients get their emails as in the email tests"""
 
     @classmethod
     def setUpClass(cls):

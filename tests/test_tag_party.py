@@ -9,16 +9,12 @@ from urllib.parse import urlsplit
 
 from trytond.model.exceptions import ValidationError
 from trytond.pool import Pool
-from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_email import Mail, inspecting, message
-from .tools import SendingTestMixin, committed, decide_events, human_request
-
-
-def encode(value):
-    return PYSONEncoder().encode(value)
+from .tools import (
+    Mail, SendingTestMixin, committed, create_parties, decide_events,
+    human_request, inspecting, message)
 
 
 class TagPartyTestCase(SendingTestMixin, TestCase):
@@ -34,18 +30,6 @@ class TagPartyTestCase(SendingTestMixin, TestCase):
     def setUp(self):
         super().setUp()
         self.start_sending()
-
-    def create_parties(self, *names):
-        with committed():
-            Party = Pool().get('party.party')
-            return [p.id for p in Party.create([{
-                            'name': name,
-                            'contact_mechanisms': [('create', [{
-                                            'type': 'email',
-                                            'value': '%s@example.com' % (
-                                                name.lower()),
-                                            }])],
-                            } for name in names])]
 
     def create_category(self, name):
         with committed():
@@ -63,7 +47,7 @@ class TagPartyTestCase(SendingTestMixin, TestCase):
 
     def test_tag_the_clickers_and_write_to_them(self):
         "The parties tagged by one scenario enter another"
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties("Ann", "Bob")
         clicked = self.create_category("Clicked the spring offer")
         self.start_scenario("Spring", [('id', 'in', [ann, bob])], [{
                     'name': "Spring offer",
@@ -128,7 +112,7 @@ class TagPartyTestCase(SendingTestMixin, TestCase):
 
     def test_remove_categories(self):
         "An activity removes categories from the parties"
-        ann, bob = self.create_parties("Cid", "Dan")
+        ann, bob = create_parties("Cid", "Dan")
         prospect = self.create_category("Prospect")
         loyal = self.create_category("Loyal")
         with committed():

@@ -20,14 +20,13 @@ from decimal import Decimal
 from trytond.modules.company.tests import create_company
 from trytond.modules.currency.tests import add_currency_rate, create_currency
 from trytond.pool import Pool
-from trytond.pyson import Eval, PYSONEncoder
+from trytond.pyson import Eval
 from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
-from .test_access import RPCError, Session
-from .test_email import inspecting
 from .tools import (
-    SendingTestMixin, clicked_entry, committed, confirm_sale, parse_message)
+    RPCError, SendingTestMixin, Session, clicked_entry, committed,
+    confirm_sale, create_parties, encode, inspecting, parse_message)
 
 LOGGER = 'trytond.modules.marketing_automation'
 SCENARIO = 'marketing.automation.scenario'
@@ -37,10 +36,6 @@ PASSWORDS = {
     'adam': 'Fd6!sW9#cE2@uM7$',
     'tom': 'Qv7#mZ2@pL9$wK4!',
     }
-
-
-def encode(value):
-    return PYSONEncoder().encode(value)
 
 
 def decimal(value):
@@ -148,22 +143,6 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
         self.mary_client = Client('mary')
         self.adam_client = Client('adam')
 
-    def create_parties(self, *names):
-        """Parties of names, each with an address, an email address and a
-        code, made unique to the test; return their ids"""
-        with committed():
-            Party = Pool().get('party.party')
-            parties = Party.create([{
-                        'name': name,
-                        'code': self.code(name),
-                        'addresses': [('create', [{}])],
-                        'contact_mechanisms': [('create', [{
-                                        'type': 'email',
-                                        'value': self.address(name),
-                                        }])],
-                        } for name in names])
-            return [p.id for p in parties]
-
     def code(self, name):
         return '%s-%s' % (name.upper(), self._testMethodName)
 
@@ -222,7 +201,8 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
         """A marketer of company A finds nothing of a scenario of company
         B: neither the scenario nor its activities, records, entries,
         reporting or logged emails; its administrator does"""
-        ann, = self.create_parties("Ann")
+        ann, = create_parties(
+            "Ann", code=self.code, email=self.address, postal_address=True)
         scenario = self.adam_client.create_scenario({
                 'name': "Spring at B",
                 'company': self.company_b,
@@ -261,7 +241,9 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
         """A marketer of company A who rewrites the template of an activity
         that an administrator created reads company B's sales through it
         no more than over RPC"""
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob",
+            code=self.code, email=self.address, postal_address=True)
         self.create_sales(
             (self.company_a, ann, "Chairs for Ann at A"),
             (self.company_b, ann, "Secret order of Ann at B"),
@@ -309,7 +291,8 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
         """A draft scenario of company A that selects company B's sales
         shows the marketer of company A no count of them, as their own
         search"""
-        ann, = self.create_parties("Ann")
+        ann, = create_parties(
+            "Ann", code=self.code, email=self.address, postal_address=True)
         self.create_sales(
             (self.company_b, ann, "B1"), (self.company_b, ann, "B2"),
             (self.company_a, ann, "A1"))
@@ -340,7 +323,9 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
     def test_parties_by_sales_of_other_company(self):
         """A domain on parties through their sales finds them by the sales
         of the marketer's company alone, over RPC as in a scenario"""
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob",
+            code=self.code, email=self.address, postal_address=True)
         self.create_sales(
             (self.company_b, ann, "Only at B"),
             (self.company_a, bob, "Only at A"))
@@ -362,7 +347,8 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
     def test_denied_field_not_guessed_by_count(self):
         """A domain on a field that the marketer may not read is refused on
         save, and a count of it is refused, never shown"""
-        ann, = self.create_parties("Ann")
+        ann, = create_parties(
+            "Ann", code=self.code, email=self.address, postal_address=True)
         domain = encode([('code', '=', self.code("Ann")), ('id', '=', ann)])
         message = self.assertRefused(
             self.mary_client.create_scenario, {
@@ -406,7 +392,9 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
         """A condition on a field that the marketer may not read is refused
         on save, and fails for every record when it runs: no record is told
         from another"""
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob",
+            code=self.code, email=self.address, postal_address=True)
         guess = encode(Eval('self.code') == self.code("Ann"))
         for condition in [
                 guess,
@@ -460,7 +448,9 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
     def test_trigger_enters_own_company_sales(self):
         """The trigger never enters company B's sales into a scenario of
         company A, whoever wrote it, and no email goes to B's customer"""
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob",
+            code=self.code, email=self.address, postal_address=True)
         sale_a, sale_b = self.create_sales(
             (self.company_a, ann, "A1"), (self.company_b, bob, "B1"))
         for client in [self.mary_client, self.adam_client]:
@@ -485,7 +475,8 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
     def test_revenue_of_the_scenario_company(self):
         """The revenue of a scenario of company A is A's, whatever company
         the context names: the marketer of A reads nothing of B's sales"""
-        ann, = self.create_parties("Ann")
+        ann, = create_parties(
+            "Ann", code=self.code, email=self.address, postal_address=True)
         with committed():
             pool = Pool()
             Company = pool.get('company.company')
@@ -529,7 +520,9 @@ class CompanyWallsTestCase(SendingTestMixin, TestCase):
     def test_audience_for_marketers_only(self):
         """A user of no group learns nothing through marketing_audience,
         and a marketer nothing of another company's scenario"""
-        ann, bob = self.create_parties("Ann", "Bob")
+        ann, bob = create_parties(
+            "Ann", "Bob",
+            code=self.code, email=self.address, postal_address=True)
         domain = encode([('id', 'in', [ann, bob])])
         unsubscribed = [('marketing_audience', '=', 'unsubscribed')]
 
