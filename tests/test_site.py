@@ -13,15 +13,14 @@ import unittest
 
 from trytond.pool import Pool
 from trytond.pyson import Equal, Eval, Not, PYSONEncoder
-from trytond.tests.test_tryton import (
-    DB_NAME, USER, TestCase, activate_module, drop_db)
+from trytond.tests.test_tryton import TestCase, activate_module, drop_db
 from trytond.transaction import Transaction
 
 from trytond.modules.marketing_automation.exceptions import ActivityError
 
 from .tools import (
-    SendingTestMixin, committed, decide_events, html_links, human_request,
-    parse_message)
+    SendingTestMixin, committed, create_parties, decide_events, html_links,
+    human_request, inspecting, parse_message)
 
 # Every method of Tryton's module that a site may override and that the
 # engine must call (SPEC.md, "Python API that sites override")
@@ -36,10 +35,6 @@ API = {
         'on_email_opened', 'on_email_clicked', '_on_event'],
     }
 ONE_CLICK = 'List-Unsubscribe=One-Click'
-
-
-def inspecting():
-    return Transaction().start(DB_NAME, USER, readonly=True)
 
 
 def site():
@@ -67,16 +62,10 @@ class SiteModuleTestCase(SendingTestMixin, TestCase):
         return [c[1:] for c in site().CALLS if c[0] == name]
 
     def create_parties(self, *names):
-        with committed():
-            Party = Pool().get('party.party')
-            return [p.id for p in Party.create([{
-                            'name': name,
-                            'contact_mechanisms': [('create', [{
-                                            'type': 'email',
-                                            'value': '%s@example.com' % (
-                                                name.split()[-1].lower()),
-                                            }])],
-                            } for name in names])]
+        "The parties of names, each with the address of its last name"
+        return create_parties(*[
+                (n, '%s@example.com' % n.split()[-1].lower())
+                for n in names])
 
     def entry(self, party_id, name):
         RecordActivity = Pool().get('marketing.automation.record.activity')
