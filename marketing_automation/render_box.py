@@ -285,10 +285,11 @@ class _Channel:
             written = os.write(self.write_fd, data)
             data = data[written:]
 
-    def send_reading(self, message):
+    def send_reading(self, message, deadline):
         """Send message, reading what the other end sends meanwhile: two
         ends that write at once never wait for each other (the write end
-        must not block)"""
+        must not block); BoxError at the deadline (a monotonic time), when
+        the other end reads nothing"""
         data = memoryview(_encode(message))
         poll = None
         while data:
@@ -303,7 +304,10 @@ class _Channel:
                 poll = select.poll()
                 poll.register(self.write_fd, select.POLLOUT)
                 poll.register(self.read_fd, select.POLLIN | select.POLLHUP)
-            for fd, _ in poll.poll():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BoxError("timeout")
+            for fd, _ in poll.poll(max(int(remaining * 1000), 1)):
                 if fd == self.read_fd:
                     self._read()
 
@@ -435,10 +439,11 @@ class Box:
 
     def _send(self, message):
         try:
-            self.channel.send_reading(message)
+            self.channel.send_reading(message, self._deadline())
         except (BoxError, OSError) as error:
             self.kill()
-            raise BoxError(_STOPPED) from error
+            raise BoxError(_TIMEOUT if str(error) == 'timeout'
+                else _STOPPED) from error
 
     def _expect(self, deadline, *keys):
         try:
@@ -487,16 +492,16 @@ class Box:
         title, body = json.loads(key)
         ahead = _Ahead(contexts)
         chunk = ahead.take(FIRST_CONTEXTS)
-        self._send({
-                'op': 'render', 'title': title, 'body': body,
-                'contexts': chunk, 'last': ahead.done, 'trap': trap,
-                'timeout': self.settings.timeout,
-                'max_size': self.settings.max_size})
         sent, received = len(chunk), 0
         finished = ahead.done and not sent
         # the deadline of the rendering waited for
         deadline = None
         try:
+            self._send({
+                    'op': 'render', 'title': title, 'body': body,
+                    'contexts': chunk, 'last': ahead.done, 'trap': trap,
+                    'timeout': self.settings.timeout,
+                    'max_size': self.settings.max_size})
             while received < sent:
                 wait = True
                 if not ahead.done and sent - received < AHEAD_CONTEXTS:
