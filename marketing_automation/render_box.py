@@ -502,7 +502,7 @@ class Box:
                     'contexts': chunk, 'last': ahead.done, 'trap': trap,
                     'timeout': self.settings.timeout,
                     'max_size': self.settings.max_size})
-            while received < sent:
+            while received < sent or not ahead.done:
                 wait = True
                 if not ahead.done and sent - received < AHEAD_CONTEXTS:
                     chunk = ahead.take(MORE_CONTEXTS)
@@ -743,6 +743,9 @@ class _Box:
                 try:
                     message = self.channel.receive()
                 except BoxError:
+                    raise SystemExit(1)
+                if 'op' in message:
+                    # the caller went on without the rest: it is lost
                     raise SystemExit(1)
                 self._receive_contexts(message)
                 continue

@@ -478,10 +478,12 @@ class Renderer:
                 for access, records in _grouped(
                         accesses, [r.record for r in recipients]):
                     access.readable(records)
-            contexts = [
+            # made as the box takes them: it renders the first ones while
+            # the next ones are made
+            contexts = (
                 server.context(
                     self._values(r.record, language), access, paths)
-                for r, access in zip(recipients, accesses)]
+                for r, access in zip(recipients, accesses))
             results = box.render(key, contexts, server, trap=self.trap)
             for recipient, (rendered, error) in zip(recipients, results):
                 self.attempts += 1

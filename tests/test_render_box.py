@@ -220,12 +220,13 @@ class RenderBoxTestCase(unittest.TestCase):
 
     def test_contexts_are_sent_as_they_are_made(self):
         """The box renders the first contexts while the next ones are made,
-        and answers its questions in between, in order"""
+        and answers its questions in between, in order, also for a caller
+        slower than the box; then it renders the next batch"""
         server = Server({(0, 'city'): "Liège"})
         events = []
 
         def contexts():
-            for index in range(30):
+            for index in range(40):
                 events.append(('made', index))
                 yield {'index': index, 'record': record(
                         0, 'party.address,5')}
@@ -237,11 +238,17 @@ class RenderBoxTestCase(unittest.TestCase):
                 self.assertTrue(rendered['html'].startswith(
                         f'<p>{index} Liège</p>'))
                 events.append(('rendered', index))
-            self.assertTrue(box.alive)
-        self.assertEqual(index, 29)
-        self.assertLess(
-            events.index(('rendered', 0)), events.index(('made', 29)))
-        self.assertEqual(server.asked, [(0, 'city')])
+                # the box renders all it was sent meanwhile
+                time.sleep(0.01)
+            self.assertEqual(index, 39)
+            self.assertLess(
+                events.index(('rendered', 0)), events.index(('made', 39)))
+            self.assertEqual(server.asked, [(0, 'city')])
+            results = list(box.render(key, [{
+                            'index': 'next', 'record': record(
+                                0, 'party.address,5')}], server))
+        (rendered, error), = results
+        self.assertTrue(rendered['html'].startswith('<p>next Liège</p>'))
 
     def test_runaway_with_a_full_pipe(self):
         """A box stuck in a template while its caller sends it more than its
