@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from base64 import b64decode, b64encode
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 
 from . import mailing, sandbox
@@ -62,6 +62,9 @@ MAX_MESSAGE = 64 * 1024 * 1024
 KEPT_TEMPLATES = 32
 # The chains of attributes a template may have read ahead, and their length
 MAX_PATHS, MAX_DEPTH = 64, 4
+# The contexts sent in the first message of a rendering, in each next one,
+# and at most ahead of the renderings received
+FIRST_CONTEXTS, MORE_CONTEXTS, AHEAD_CONTEXTS = 1, 4, 16
 
 
 class BoxError(Exception):
@@ -282,6 +285,44 @@ class _Channel:
             written = os.write(self.write_fd, data)
             data = data[written:]
 
+    def send_reading(self, message, deadline):
+        """Send message, reading what the other end sends meanwhile: two
+        ends that write at once never wait for each other (the write end
+        must not block); BoxError at the deadline (a monotonic time), when
+        the other end reads nothing"""
+        data = memoryview(_encode(message))
+        poll = None
+        while data:
+            try:
+                written = os.write(self.write_fd, data)
+            except BlockingIOError:
+                written = 0
+            data = data[written:]
+            if not data:
+                break
+            if poll is None:
+                poll = select.poll()
+                poll.register(self.write_fd, select.POLLOUT)
+                poll.register(self.read_fd, select.POLLIN | select.POLLHUP)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BoxError("timeout")
+            for fd, _ in poll.poll(max(int(remaining * 1000), 1)):
+                if fd == self.read_fd:
+                    self._read()
+
+    def ready(self):
+        "Whether a message or the end of the other end waits to be read"
+        return b'\n' in self.buffer or bool(self.poll.poll(0))
+
+    def _read(self):
+        if len(self.buffer) > MAX_MESSAGE:
+            raise BoxError("the box sent a message too big")
+        chunk = os.read(self.read_fd, 1 << 16)
+        if not chunk:
+            raise BoxError("the box stopped")
+        self.buffer += chunk
+
     def receive(self, deadline=None):
         """The next message, or BoxError at the deadline (a monotonic time)
         or when the other end is gone"""
@@ -305,10 +346,7 @@ class _Channel:
                     raise BoxError("timeout")
                 if not self.poll.poll(max(int(remaining * 1000), 1)):
                     continue
-            chunk = os.read(self.read_fd, 1 << 16)
-            if not chunk:
-                raise BoxError("the box stopped")
-            self.buffer += chunk
+            self._read()
 
 
 # The caller's side
@@ -365,6 +403,9 @@ class Box:
             env=environment, close_fds=True)
         self.channel = _Channel(
             self.process.stdout.fileno(), self.process.stdin.fileno())
+        # the caller reads the answers while it sends: it never waits on a
+        # full pipe of a box that waits on its own full pipe
+        os.set_blocking(self.process.stdin.fileno(), False)
         # the first answer says the box is ready: its start is not the
         # time of any template
         self._expect(time.monotonic() + max(60, settings.timeout), 'ready')
@@ -396,6 +437,14 @@ class Box:
     def _deadline(self):
         return time.monotonic() + self.settings.timeout
 
+    def _send(self, message):
+        try:
+            self.channel.send_reading(message, self._deadline())
+        except (BoxError, OSError) as error:
+            self.kill()
+            raise BoxError(_TIMEOUT if str(error) == 'timeout'
+                else _STOPPED) from error
+
     def _expect(self, deadline, *keys):
         try:
             message = self.channel.receive(deadline)
@@ -411,7 +460,7 @@ class Box:
     def check(self, kind, source):
         """Compile the title or the body (kind) as the box renders it and
         return the error that refuses it, or None"""
-        self.channel.send({'op': 'check', 'kind': kind, 'source': source})
+        self._send({'op': 'check', 'kind': kind, 'source': source})
         answer = self._expect(self._deadline(), 'ok', 'error')
         return answer.get('error')
 
@@ -420,7 +469,7 @@ class Box:
         and return their key and the chains of attributes they read, or
         raise Failure with why they do not compile"""
         key = json.dumps([title, body])
-        self.channel.send({'op': 'prepare', 'title': title, 'body': body})
+        self._send({'op': 'prepare', 'title': title, 'body': body})
         answer = self._expect(self._deadline(), 'paths', 'error')
         if 'error' in answer:
             raise Failure(answer['error'])
@@ -435,33 +484,53 @@ class Box:
         yield, in order, a (rendered, None) or (None, (message, fault)) pair
         for each
 
-        The box is killed when a rendering outlasts the time limit, or when
-        this is closed before its end."""
+        contexts may be made as they are taken: they are sent a few at a
+        time, so that the box renders some while the next ones are made,
+        and the renderings are yielded as soon as they come.  The box is
+        killed when a rendering outlasts the time limit, or when this is
+        closed before its end."""
         title, body = json.loads(key)
-        self.channel.send({
-                'op': 'render', 'title': title, 'body': body,
-                'contexts': contexts, 'trap': trap,
-                'timeout': self.settings.timeout,
-                'max_size': self.settings.max_size})
-        finished = False
+        ahead = _Ahead(contexts)
+        chunk = ahead.take(FIRST_CONTEXTS)
+        sent, received = len(chunk), 0
+        finished = ahead.done and not sent
+        # the deadline of the rendering waited for
+        deadline = None
         try:
-            for index in range(len(contexts)):
-                deadline = self._deadline()
-                while True:
+            self._send({
+                    'op': 'render', 'title': title, 'body': body,
+                    'contexts': chunk, 'last': ahead.done, 'trap': trap,
+                    'timeout': self.settings.timeout,
+                    'max_size': self.settings.max_size})
+            while received < sent or not ahead.done:
+                wait = True
+                if not ahead.done and sent - received < AHEAD_CONTEXTS:
+                    chunk = ahead.take(MORE_CONTEXTS)
+                    self._send({'contexts': chunk, 'last': ahead.done})
+                    sent += len(chunk)
+                    wait = False
+                # answer the box and yield its renderings, waiting for one
+                # only when there is nothing more to send
+                while received < sent and (wait or self.channel.ready()):
+                    if deadline is None:
+                        deadline = self._deadline()
                     message = self._expect(
                         deadline, 'rendered', 'error', 'read', 'call')
                     if 'read' in message or 'call' in message:
-                        self.channel.send(self._answer(server, message))
+                        self._send(self._answer(server, message))
                         continue
-                    break
-                # the box is done with the last one: a caller that stops
-                # there (zip does) leaves it ready for the next batch
-                finished = index == len(contexts) - 1
-                if 'rendered' in message:
-                    yield message['rendered'], None
-                else:
-                    yield None, (
-                        str(message['error']), bool(message.get('fault')))
+                    received += 1
+                    deadline, wait = None, False
+                    # the box is done with the last one: a caller that
+                    # stops there (zip does) leaves it ready for the next
+                    # batch
+                    finished = ahead.done and received == sent
+                    if 'rendered' in message:
+                        yield message['rendered'], None
+                    else:
+                        yield None, (
+                            str(message['error']),
+                            bool(message.get('fault')))
             finished = True
         except BoxError as error:
             # the recipient being rendered gets the error, the box is gone
@@ -487,6 +556,29 @@ class Box:
             # the box asked something it may not
             return {'refusal': ['refused', str(exception)]}
         return {'value': value}
+
+
+class _Ahead:
+    "The contexts of a rendering, taken a few at a time"
+
+    def __init__(self, contexts):
+        self.contexts = iter(contexts)
+        self.done = False
+        self.next = self._next()
+
+    def _next(self):
+        try:
+            return next(self.contexts)
+        except StopIteration:
+            self.done = True
+
+    def take(self, count):
+        "The next count contexts or fewer; done tells whether any is left"
+        chunk = []
+        while not self.done and len(chunk) < count:
+            chunk.append(self.next)
+            self.next = self._next()
+        return chunk
 
 
 class _Pool:
@@ -581,6 +673,10 @@ class _Box:
         self.channel = channel
         self.templates = OrderedDict()
         self.handles = {}
+        # the contexts of the rendering received and not rendered yet, and
+        # whether the caller sent its last ones
+        self.contexts = deque()
+        self.last = True
 
     def run(self):
         self.channel.send({'ready': True})
@@ -630,14 +726,41 @@ class _Box:
         paths = sorted(p[:MAX_DEPTH] for p in paths)[:MAX_PATHS]
         self.channel.send({'paths': [list(p) for p in paths]})
 
+    def _receive_contexts(self, message):
+        contexts = message.get('contexts')
+        if not isinstance(contexts, list):
+            # the caller does not speak this way: nothing to do with it
+            raise SystemExit(1)
+        self.contexts.extend(contexts)
+        self.last = message.get('last', True) is not False
+
+    def _contexts(self):
+        "The contexts of the rendering, received as they come"
+        while True:
+            if not self.contexts:
+                if self.last:
+                    return
+                try:
+                    message = self.channel.receive()
+                except BoxError:
+                    raise SystemExit(1)
+                if 'op' in message:
+                    # the caller went on without the rest: it is lost
+                    raise SystemExit(1)
+                self._receive_contexts(message)
+                continue
+            yield self.contexts.popleft()
+
     def do_render(self, message):
         timeout = message.get('timeout')
         self.handles = {}
+        self.contexts.clear()
+        self._receive_contexts(message)
         try:
             templates = self._compiled(message['title'], message['body'])
         except Exception as exception:
             templates, error = None, str(exception)
-        for wire in message['contexts']:
+        for wire in self._contexts():
             if templates is None:
                 self.channel.send({'error': error, 'fault': True})
                 continue
@@ -694,6 +817,10 @@ class _Box:
         "Ask the caller, and return the value it answers or raise its refusal"
         self.channel.send(question)
         answer = self.channel.receive()
+        while 'contexts' in answer:
+            # the next contexts of the rendering, sent ahead of the answer
+            self._receive_contexts(answer)
+            answer = self.channel.receive()
         if 'refusal' in answer:
             kind, message = answer['refusal']
             raise self._refusal(kind, message)

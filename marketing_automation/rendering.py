@@ -130,8 +130,10 @@ class Access:
 
     def check_record(self, record):
         "Raise RecordAccessError unless the record may be read"
-        self.readable([record])
-        refusal = self._records[record.__name__, record.id]
+        key = record.__name__, record.id
+        if key not in self._records:
+            self.readable([record])
+        refusal = self._records[key]
         if refusal:
             raise RecordAccessError(refusal)
 
@@ -295,6 +297,7 @@ class TemplateServer(render_box.Server):
         self.objects = []
         self.numbers = {}
         self.given = {}
+        self.constants = {}
 
     def access(self, access_context):
         "The Access of the records whose marketing_access_context it is"
@@ -315,8 +318,20 @@ class TemplateServer(render_box.Server):
                 value = variables.get(path[0])
                 if isinstance(value, sandbox.Exposed):
                     self._give(value, path[1:])
-            return {name: self._wire(value)
+            return {name: self._variable_wire(value)
                 for name, value in variables.items()}
+
+    def _variable_wire(self, value):
+        """The wire value of a variable: a function, a class or the
+        datetime namespace, the same for every recipient, is made once"""
+        if value is sandbox.DATETIME or (
+                callable(value) and not isinstance(value, sandbox.Exposed)):
+            # the value is kept with its wire, so that its id is not reused
+            kept = self.constants.get(id(value))
+            if kept is None or kept[0] is not value:
+                kept = self.constants[id(value)] = (value, self._wire(value))
+            return kept[1]
+        return self._wire(value)
 
     def _give(self, value, names):
         "Read the chain of names from the Exposed value ahead"
@@ -452,13 +467,23 @@ class Renderer:
                 raise self.fault(failure) from failure
             except render_box.BoxError as error:
                 raise self.fault(error) from error
-            contexts = [
-                server.context(
-                    self._values(r, language),
-                    server.access({
-                            **r.record.marketing_access_context,
-                            **self.author_context}), paths)
+            accesses = [
+                server.access({
+                        **r.record.marketing_access_context,
+                        **self.author_context})
                 for r in recipients]
+            # the records of the batch are checked together: one search of
+            # the rules for each model and access
+            with Transaction().set_user(self.author):
+                for access, records in _grouped(
+                        accesses, [r.record for r in recipients]):
+                    access.readable(records)
+            # made as the box takes them: it renders the first ones while
+            # the next ones are made
+            contexts = (
+                server.context(
+                    self._values(r, language), access, paths)
+                for r, access in zip(recipients, accesses))
             results = box.render(key, contexts, server, trap=self.trap)
             for recipient, (rendered, error) in zip(recipients, results):
                 self.attempts += 1
@@ -497,6 +522,14 @@ class Renderer:
         it was rendered for, and for more than one"""
         if self.failures and len(self.failures) == self.attempts > 1:
             raise self.fault(self.failures[0])
+
+
+def _grouped(accesses, records):
+    "The records of each access, in order"
+    groups = {}
+    for access, record in zip(accesses, records):
+        groups.setdefault(id(access), (access, []))[1].append(record)
+    return groups.values()
 
 
 def _rendered(wire):

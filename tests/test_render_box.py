@@ -10,6 +10,7 @@ do.
 """
 import datetime as dt
 import os
+import threading
 import time
 import unittest
 from decimal import Decimal
@@ -216,6 +217,59 @@ class RenderBoxTestCase(unittest.TestCase):
             self.assertIs(second, first)
         render_box.close_boxes()
         self.assertFalse(first.alive)
+
+    def test_contexts_are_sent_as_they_are_made(self):
+        """The box renders the first contexts while the next ones are made,
+        and answers its questions in between, in order, also for a caller
+        slower than the box; then it renders the next batch"""
+        server = Server({(0, 'city'): "Liège"})
+        events = []
+
+        def contexts():
+            for index in range(40):
+                events.append(('made', index))
+                yield {'index': index, 'record': record(
+                        0, 'party.address,5')}
+        with render_box.lease(self.settings) as box:
+            key, _ = box.prepare("Hi", '<p>${index} ${record.city}</p>')
+            for index, (rendered, error) in enumerate(
+                    box.render(key, contexts(), server)):
+                self.assertIsNone(error)
+                self.assertTrue(rendered['html'].startswith(
+                        f'<p>{index} Liège</p>'))
+                events.append(('rendered', index))
+                # the box renders all it was sent meanwhile
+                time.sleep(0.01)
+            self.assertEqual(index, 39)
+            self.assertLess(
+                events.index(('rendered', 0)), events.index(('made', 39)))
+            self.assertEqual(server.asked, [(0, 'city')])
+            results = list(box.render(key, [{
+                            'index': 'next', 'record': record(
+                                0, 'party.address,5')}], server))
+        (rendered, error), = results
+        self.assertTrue(rendered['html'].startswith('<p>next Liège</p>'))
+
+    def test_runaway_with_a_full_pipe(self):
+        """A box stuck in a template while its caller sends it more than its
+        pipe holds is killed at the deadline all the same"""
+        heavy = 'x' * 200000
+        results = []
+
+        def render():
+            results.extend(self.render(
+                    f'<p>${{{RUNAWAY}}}${{len(name)}}</p>',
+                    [{'name': heavy}] * 8)[0])
+        start = time.monotonic()
+        thread = threading.Thread(target=render, daemon=True)
+        thread.start()
+        thread.join(self.settings.timeout * 3 + 10)
+        self.assertFalse(thread.is_alive())
+        self.assertLess(
+            time.monotonic() - start, self.settings.timeout * 3 + 5)
+        (rendered, error), = results
+        self.assertEqual(
+            error, ("the template takes too long to render", True))
 
 
 class WireTestCase(unittest.TestCase):
