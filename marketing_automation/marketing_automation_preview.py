@@ -23,11 +23,11 @@ import binascii
 import datetime
 import email
 import email.policy
+import functools
 import html as html_escaping
 import json
 import re
 import secrets
-import smtplib
 from collections import namedtuple
 from email.utils import parseaddr
 from http import HTTPStatus
@@ -51,11 +51,11 @@ from trytond.transaction import Transaction, check_access
 from trytond.wizard import (
     Button, StateAction, StateTransition, StateView, Wizard)
 
-from . import mailing, tools, urls
+from . import mailing, smtp, tools, urls
 from .exceptions import ActivityFault, PreviewError
 from .marketing_automation import Entry, marketing_parties
 from .marketing_automation_email import (
-    SEND_EMAIL, EmailBatch, Recipient, describe_delivery_error, email_address,
+    SEND_EMAIL, EmailBatch, Recipient, email_address,
     party_recipients)
 from .mixin import MarketingAutomationMixin
 from .tools import contained
@@ -746,37 +746,22 @@ def deliver_tests(composed):
     message on its way when the connection is lost may have, and is
     counted.  The messages after it are not tried."""
     sent, errors, unsure = [], {}, []
-    try:
-        server = get_smtp_server(strict=True)
-    except (OSError, smtplib.SMTPException) as exception:
-        error = describe_delivery_error(exception)
-        return [], {c.to: error for c in composed}, []
-    try:
+    # the mail server itself, even under the tests of Tryton's own module
+    connect = functools.partial(get_smtp_server, strict=True)
+    with smtp.Transport(connect) as transport:
         for index, email_ in enumerate(composed):
-            connected = server.sock is not None
-            try:
-                server.sendmail(
-                    email_address(email_.sender), [email_address(email_.to)],
-                    email_.message)
-            except smtplib.SMTPRecipientsRefused as exception:
-                code, text = next(iter(exception.recipients.values()))
-                errors[email_.to] = describe_delivery_error(
-                    smtplib.SMTPResponseException(code, text))
-            except smtplib.SMTPResponseException as exception:
-                errors[email_.to] = describe_delivery_error(exception)
-            except (OSError, smtplib.SMTPException) as exception:
-                if connected:
+            reply = transport.send(
+                email_address(email_.sender), email_address(email_.to),
+                email_.message)
+            if reply.outcome == smtp.ACCEPTED:
+                sent.append(email_)
+            elif reply.outcome in {smtp.UNREACHABLE, smtp.LOGIN_REFUSED}:
+                if reply.unsure:
                     unsure.append(email_)
-                error = describe_delivery_error(exception)
-                errors.update({c.to: error for c in composed[index:]})
+                errors.update({c.to: reply.error for c in composed[index:]})
                 break
             else:
-                sent.append(email_)
-    finally:
-        try:
-            server.quit()
-        except (OSError, smtplib.SMTPException):
-            pass
+                errors[email_.to] = reply.error
     return sent, errors, unsure
 
 
