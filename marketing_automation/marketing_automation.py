@@ -335,15 +335,6 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
         fields.Integer("Records"), 'get_record_count')
     record_count_blocked = fields.Function(
         fields.Integer("Records Blocked"), 'get_record_count')
-    audience_error = fields.Function(
-        fields.Text(
-            "Not Counted",
-            states={
-                'invisible': ~Eval('audience_error'),
-                },
-            help="Why the records of the domain cannot be counted with the "
-            "rights of its author."),
-        'get_audience_error')
     block_rate = fields.Function(
         fields.Float("Block Rate", digits=(1, 2)), 'get_rate')
     block_rate_trend = fields.Function(
@@ -491,40 +482,6 @@ class Scenario(FaultMixin, AuthorMixin, Workflow, ModelSQL, ModelView):
                     result['record_count'][scenario.id] = (
                         scenario.audience_count())
         return result
-
-    def audience_count(self):
-        """How many records the domain selects now among those its author
-        may read, None if it cannot tell (audience_error tells why)"""
-        cursor = Transaction().connection.cursor()
-        _savepoint(cursor, 'marketing_audience')
-        try:
-            Model = Pool().get(self.model)
-            with self.as_author():
-                count = Model.search(self.decoded_domain(), count=True)
-        except Exception:
-            # a domain that fails in the database must not break the
-            # transaction of whoever reads the count
-            _rollback_to(cursor, 'marketing_audience')
-            return None
-        _release(cursor, 'marketing_audience')
-        return count
-
-    def get_audience_error(self, name):
-        """Why the domain cannot select records with the rights of its
-        author: a model or a field they may not read
-
-        The query is made, not run: the rights are checked before."""
-        if self.state == 'stopped':
-            return None
-        try:
-            Model = Pool().get(self.model)
-            with self.as_author():
-                Model.search(self.decoded_domain(), order=[], query=True)
-        except Exception as exception:
-            return gettext(
-                'marketing_automation.msg_scenario_audience_refused',
-                scenario=self.rec_name, author=self.author_name(),
-                error=tools.describe(exception))
 
     def author_name(self):
         "The name of the user whose rights the scenario runs with"

@@ -51,8 +51,7 @@ from trytond.transaction import Transaction
 from . import mailing, rendering, smtp, tools, urls
 from .exceptions import ActivityFault, TemplateError
 from .gates import Gate
-from .marketing_automation import (
-    Entry, EventKind, Outcome, marketing_parties)
+from .marketing_automation import Entry, EventKind, Outcome, marketing_parties
 from .overrides import current_run, overridden
 from .tools import for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
