@@ -49,9 +49,9 @@ from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
 from . import mailing, rendering, smtp, tools, urls
+from .engine import Entry, EventKind, Outcome, marketing_parties
 from .exceptions import ActivityFault, TemplateError
 from .gates import Gate
-from .marketing_automation import Entry, EventKind, Outcome, marketing_parties
 from .overrides import current_run, overridden
 from .tools import for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY

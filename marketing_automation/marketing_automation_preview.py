@@ -43,9 +43,9 @@ from trytond.wizard import (
     Button, StateAction, StateTransition, StateView, Wizard)
 
 from . import mailing, smtp, tools, urls
+from .engine import Entry, marketing_parties
 from .exceptions import ActivityFault, PreviewError
 from .mailing import parse_addresses
-from .marketing_automation import Entry, marketing_parties
 from .marketing_automation_email import (
     SEND_EMAIL, EmailBatch, Recipient, email_address, party_recipients)
 from .mixin import MarketingAutomationMixin
