@@ -1,11 +1,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
+import datetime
+
 from sql import Literal, Null
 
+from trytond import backend
 from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
+from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
 from .mixin import MarketingAutomationMixin
+from .tools import id_batches
 
 _NO_ACCESS = {'read': 0, 'write': 0, 'create': 0, 'delete': 0}
 _READ = {'read': 1, 'write': 0, 'create': 0, 'delete': 0}
@@ -117,6 +122,90 @@ class Email(metaclass=PoolMeta):
     @classmethod
     def default_marketing_automation_test(cls):
         return False
+
+    @classmethod
+    def log_marketing_emails(cls, ids):
+        """Log the sent emails of ids of the outbox
+        (marketing.automation.email), a few statements per batch"""
+        pool = Pool()
+        Outbox = pool.get('marketing.automation.email')
+        Address = pool.get('ir.email.address')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        Record = pool.get('marketing.automation.record')
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        table = Outbox.__table__()
+        record_activity = RecordActivity.__table__()
+        record = Record.__table__()
+        ir_email = cls.__table__()
+        address = Address.__table__()
+        now = datetime.datetime.now()
+        returning = transaction.database.has_returning()
+        columns = [ir_email.create_uid, ir_email.create_date,
+            ir_email.recipients, ir_email.subject, ir_email.message_id,
+            ir_email.resource, ir_email.marketing_automation_activity,
+            ir_email.marketing_automation_record]
+        address_columns = [address.create_uid, address.create_date,
+            address.email, address.address]
+        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+            sub = list(sub)
+            query = table.join(record_activity,
+                condition=table.record_activity == record_activity.id
+                ).join(record,
+                condition=record_activity.record == record.id
+                ).select(
+                    Literal(transaction.user), Literal(now),
+                    table.recipient, table.subject, table.message_id,
+                    record.record, record_activity.activity, record.id,
+                    where=reduce_ids(table.id, sub))
+            if returning:
+                # ir.email has no index on the Message-ID: the new rows give
+                # their ids rather than being searched among all the others
+                cursor.execute(*ir_email.insert(
+                        columns, query,
+                        returning=[ir_email.id, ir_email.message_id]))
+                logged = {m: i for i, m in cursor}
+                cursor.execute(*table.select(
+                        table.message_id, table.address,
+                        where=reduce_ids(table.id, sub)))
+                addresses = [
+                    [transaction.user, now, logged[message_id], address_]
+                    for message_id, address_ in cursor.fetchall()
+                    if message_id in logged]
+                if addresses:
+                    cursor.execute(*address.insert(
+                            address_columns, addresses))
+            else:
+                cursor.execute(*ir_email.insert(columns, query))
+                # SQLite finds the new rows through the index of their record
+                cursor.execute(*address.insert(
+                        address_columns,
+                        table.join(record_activity,
+                            condition=(
+                                table.record_activity == record_activity.id)
+                            ).join(ir_email,
+                            condition=(ir_email.marketing_automation_record
+                                == record_activity.record)
+                            & (ir_email.message_id == table.message_id)
+                            ).select(
+                            Literal(transaction.user), Literal(now),
+                            ir_email.id, table.address,
+                            where=reduce_ids(table.id, sub))))
+
+    @classmethod
+    def purge_marketing_messages(cls, until):
+        """Blank the subject and body of the marketing emails logged before
+        until"""
+        ir_email = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        for ids in id_batches(ir_email,
+                (ir_email.marketing_automation_activity != Null)
+                & (ir_email.subject != Null)
+                & (ir_email.create_date < until)):
+            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+                cursor.execute(*ir_email.update(
+                        [ir_email.subject, ir_email.body], [Null, Null],
+                        where=reduce_ids(ir_email.id, sub)))
 
 
 class Cron(metaclass=PoolMeta):

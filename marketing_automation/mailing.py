@@ -84,7 +84,8 @@ __all__ = [
     'CLICK', 'UNSUBSCRIBE', 'OPEN', 'TRAP',
     'compile_title', 'compile_body', 'compile_templates', 'check_title',
     'check_body', 'render', 'fill',
-    'format_recipient', 'check_sender', 'message_id', 'build_message',
+    'format_recipient', 'parse_addresses', 'check_sender', 'message_id',
+    'build_message',
     'LinkError', 'check_link', 'check_links', 'is_web_url',
     'sign', 'verify', 'checked_next',
     'new_secret', 'new_token', 'is_token', 'is_uuid', 'sparkline',
@@ -883,6 +884,41 @@ def build_message(
         lines.append('Content-Transfer-Encoding: quoted-printable')
         body = _qp(html)
     return '\r\n'.join(lines).encode('ascii') + b'\r\n\r\n' + body
+
+
+EMAIL_DOMAIN_LABEL = re.compile(r'(?!-)[a-z0-9-]{1,63}(?<!-)')
+
+
+def parse_addresses(text):
+    """The (name, address) pairs of the addresses of text, separated by
+    commas, semicolons or lines; ValueError with the first one that is not
+    a whole email address (a user and a domain with a dot)"""
+    pairs, seen = [], set()
+    for part in re.split(r'[,;\n]', text or ''):
+        part = part.strip()
+        if not part:
+            continue
+        name, address = parseaddr(part)
+        # parseaddr drops what it does not understand: the address must be
+        # the whole part, or all between its angle brackets
+        written = (
+            part[part.rfind('<') + 1:-1]
+            if part.endswith('>') and '<' in part else part)
+        local, at, domain = address.rpartition('@')
+        try:
+            labels = domain.encode('idna').decode('ascii').lower().split('.')
+        except UnicodeError:
+            labels = []
+        if (written.strip() != address or not at
+                or not DOT_ATOM_LOCAL_PART.fullmatch(local)
+                or len(labels) < 2
+                or not all(
+                    EMAIL_DOMAIN_LABEL.fullmatch(label) for label in labels)):
+            raise ValueError(part)
+        if address.lower() not in seen:
+            seen.add(address.lower())
+            pairs.append((name, address))
+    return pairs
 
 
 def _digest(secret, parts):

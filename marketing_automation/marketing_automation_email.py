@@ -28,8 +28,6 @@ import email
 import email.policy
 import functools
 import logging
-import smtplib
-import socket
 import zoneinfo
 from collections import defaultdict, namedtuple
 from email.utils import parseaddr
@@ -39,7 +37,7 @@ from sql.aggregate import Sum
 from sql.conditionals import Case
 from sql.operators import Exists
 
-from trytond import backend, sendmail
+from trytond import backend
 from trytond.cache import Cache
 from trytond.config import config
 from trytond.i18n import gettext
@@ -47,15 +45,13 @@ from trytond.model import Index, ModelSQL, ModelView, Unique, fields
 from trytond.pool import Pool, PoolMeta
 from trytond.pyson import Eval
 from trytond.report import Report
-from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import mailing, marketing_automation, rendering, tools, urls
+from . import mailing, rendering, smtp, tools, urls
+from .engine import Entry, EventKind, Outcome, marketing_parties
 from .exceptions import ActivityFault, TemplateError
 from .gates import Gate
-from .marketing_automation import (
-    Entry, EventKind, Outcome, marketing_parties)
 from .overrides import current_run, overridden
 from .tools import for_update, id_batches, queue, quick_commits
 from .web import EMAIL_CLICKED, EMAIL_OPENED, EMAIL_TRAP, RECORD_ACTIVITY
@@ -972,20 +968,11 @@ class Email(ModelSQL, ModelView):
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         table = cls.__table__()
-        server = None
         answered = set()
         activity_of = cls._activities(ids)
         faults, held = {}, []
         # a slow server may take longer than the lease: renew it half-way
         renewal = datetime.datetime.now() + LEASE / 2
-
-        def postpone_unanswered(exception):
-            # the server cannot be reached: no recipient's fault, so no
-            # email gives up for it
-            cls._postpone(
-                [i for i in ids if i not in answered],
-                describe_delivery_error(exception),
-                final=False)
 
         def hold(email_ids, error):
             for email_id in email_ids:
@@ -994,72 +981,61 @@ class Email(ModelSQL, ModelView):
                 answered.add(email_id)
 
         try:
-            for sub in grouped_slice(ids, 100):
-                cursor.execute(*table.select(
-                        table.id, table.sender, table.address, table.message,
-                        table.attempts, table.state,
-                        where=reduce_ids(table.id, sub),
-                        order_by=[table.id.asc]))
-                rows = [r[:-1] for r in cursor if r[-1] == 'pending']
-                for email_id, sender, address, message, attempts in rows:
-                    if activity_of[email_id] in faults:
-                        hold([email_id], None)
-                        continue
-                    if datetime.datetime.now() >= renewal:
-                        cls._lease([i for i in ids if i not in answered])
-                        renewal = datetime.datetime.now() + LEASE / 2
-                    if server is None:
-                        try:
-                            server = cls._smtp_server()
-                        except smtplib.SMTPAuthenticationError as exception:
+            with smtp.Transport(cls._smtp_server) as transport:
+                for sub in grouped_slice(ids, 100):
+                    cursor.execute(*table.select(
+                            table.id, table.sender, table.address,
+                            table.message, table.attempts, table.state,
+                            where=reduce_ids(table.id, sub),
+                            order_by=[table.id.asc]))
+                    rows = [r[:-1] for r in cursor if r[-1] == 'pending']
+                    for email_id, sender, address, message, attempts in rows:
+                        if activity_of[email_id] in faults:
+                            hold([email_id], None)
+                            continue
+                        if datetime.datetime.now() >= renewal:
+                            cls._lease([i for i in ids if i not in answered])
+                            renewal = datetime.datetime.now() + LEASE / 2
+                        reply = transport.send(
+                            sender, address, bytes(message))
+                        if reply.outcome == smtp.LOGIN_REFUSED:
                             hold([i for i in ids if i not in answered],
                                 gettext('marketing_automation'
                                     '.msg_activity_fault_smtp_login',
-                                    error=describe_delivery_error(exception)))
+                                    error=reply.error))
                             return
-                        except (OSError, smtplib.SMTPException) as exception:
-                            postpone_unanswered(exception)
+                        elif reply.outcome == smtp.UNREACHABLE:
+                            # the server cannot be reached: no recipient's
+                            # fault, so no email gives up for it
+                            cls._postpone(
+                                [i for i in ids if i not in answered],
+                                reply.error, final=False)
                             return
-                    try:
-                        server.sendmail(sender, [address], bytes(message))
-                    except smtplib.SMTPRecipientsRefused as exception:
-                        code, text = next(iter(
-                                exception.recipients.values()))
-                        cls._refused(email_id, attempts, code, text)
-                    except smtplib.SMTPSenderRefused as exception:
-                        hold([email_id], gettext(
-                                'marketing_automation'
-                                '.msg_activity_fault_smtp_sender',
-                                sender=sender,
-                                activity=Activity(
-                                    activity_of[email_id]).rec_name,
-                                error=describe_delivery_error(exception)))
-                        continue
-                    except smtplib.SMTPDataError as exception:
-                        cls._refused(
-                            email_id, attempts,
-                            exception.smtp_code, exception.smtp_error)
-                    except (OSError, smtplib.SMTPException) as exception:
-                        # The connection is lost: the rest waits for later.
-                        server = None
-                        postpone_unanswered(exception)
-                        return
-                    else:
-                        cursor.execute(*table.update(
-                                [table.state, table.error], ['sent', Null],
-                                where=table.id == email_id))
-                    answered.add(email_id)
-                    transaction.commit()
-                    if server.sock is None:
-                        # the server closed the connection with its answer
-                        # (421): the next message opens a new one
-                        server = None
+                        elif reply.outcome == smtp.SENDER_REFUSED:
+                            hold([email_id], gettext(
+                                    'marketing_automation'
+                                    '.msg_activity_fault_smtp_sender',
+                                    sender=sender,
+                                    activity=Activity(
+                                        activity_of[email_id]).rec_name,
+                                    error=reply.error))
+                            continue
+                        elif reply.outcome == smtp.DEFERRED:
+                            cls._postpone([email_id], reply.error)
+                        elif reply.outcome == smtp.REFUSED:
+                            cursor.execute(*table.update(
+                                    [table.state, table.error,
+                                        table.attempts],
+                                    ['failed', reply.error, attempts + 1],
+                                    where=table.id == email_id))
+                        else:
+                            cursor.execute(*table.update(
+                                    [table.state, table.error],
+                                    ['sent', Null],
+                                    where=table.id == email_id))
+                        answered.add(email_id)
+                        transaction.commit()
         finally:
-            if server is not None:
-                try:
-                    server.quit()
-                except (OSError, smtplib.SMTPException):
-                    pass
             if held:
                 cls._hold(held)
                 Activity.set_faults(
@@ -1068,17 +1044,10 @@ class Email(ModelSQL, ModelView):
 
     @classmethod
     def _smtp_server(cls):
-        """The connection to the mail server that sends the messages
-
-        A test written for Tryton's own module replaces
-        send_message_transactional of marketing_automation.py to keep its
-        emails from leaving: the messages then go to the replacement, as
-        Tryton's module gives them, and count as accepted."""
-        send = marketing_automation.send_message_transactional
-        if send is not sendmail.send_message_transactional:
-            return _TransactionalServer(send, Transaction().join(
-                    marketing_automation.SMTPDataManager()))
-        return get_smtp_server(strict=True)
+        """The connection to the mail server that sends the messages, with
+        the hook of the tests of Tryton's own module (see smtp.smtp_server)
+        """
+        return smtp.smtp_server()
 
     @classmethod
     def _activities(cls, ids):
@@ -1109,21 +1078,6 @@ class Email(ModelSQL, ModelView):
             cursor.execute(*table.update(
                     [table.next_attempt], [now],
                     where=reduce_ids(table.id, sub)))
-
-    @classmethod
-    def _refused(cls, email_id, attempts, code, text):
-        if isinstance(text, bytes):
-            text = text.decode('utf-8', 'replace')
-        error = '%s %s' % (code, text)
-        if 400 <= code < 500:
-            cls._postpone([email_id], error)
-        else:
-            table = cls.__table__()
-            cursor = Transaction().connection.cursor()
-            cursor.execute(*table.update(
-                    [table.state, table.error, table.attempts],
-                    ['failed', error, attempts + 1],
-                    where=table.id == email_id))
 
     @classmethod
     def _postpone(cls, ids, error, final=True):
@@ -1161,6 +1115,7 @@ class Email(ModelSQL, ModelView):
         """Complete the record activities of the sent and failed emails and
         show the errors of the postponed ones"""
         pool = Pool()
+        IrEmail = pool.get('ir.email')
         RecordActivity = pool.get('marketing.automation.record.activity')
         transaction = Transaction()
         cursor = transaction.connection.cursor()
@@ -1185,7 +1140,8 @@ class Email(ModelSQL, ModelView):
                         [record_activity_table.error], [error],
                         where=reduce_ids(record_activity_table.id, sub)))
         if finished:
-            cls._log([f[0] for f in finished if f[2] == 'sent'])
+            IrEmail.log_marketing_emails(
+                [f[0] for f in finished if f[2] == 'sent'])
             RecordActivity.complete(
                 {f[1]: f[3] for f in finished},
                 flags={'email_sent': [f[1] for f in finished
@@ -1197,79 +1153,13 @@ class Email(ModelSQL, ModelView):
         transaction.commit()
 
     @classmethod
-    def _log(cls, ids):
-        "Log the sent emails in ir.email"
-        pool = Pool()
-        IrEmail = pool.get('ir.email')
-        Address = pool.get('ir.email.address')
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        Record = pool.get('marketing.automation.record')
-        transaction = Transaction()
-        cursor = transaction.connection.cursor()
-        table = cls.__table__()
-        record_activity = RecordActivity.__table__()
-        record = Record.__table__()
-        ir_email = IrEmail.__table__()
-        address = Address.__table__()
-        now = datetime.datetime.now()
-        returning = transaction.database.has_returning()
-        columns = [ir_email.create_uid, ir_email.create_date,
-            ir_email.recipients, ir_email.subject, ir_email.message_id,
-            ir_email.resource, ir_email.marketing_automation_activity,
-            ir_email.marketing_automation_record]
-        address_columns = [address.create_uid, address.create_date,
-            address.email, address.address]
-        for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
-            sub = list(sub)
-            query = table.join(record_activity,
-                condition=table.record_activity == record_activity.id
-                ).join(record,
-                condition=record_activity.record == record.id
-                ).select(
-                    Literal(transaction.user), Literal(now),
-                    table.recipient, table.subject, table.message_id,
-                    record.record, record_activity.activity, record.id,
-                    where=reduce_ids(table.id, sub))
-            if returning:
-                # ir.email has no index on the Message-ID: the new rows give
-                # their ids rather than being searched among all the others
-                cursor.execute(*ir_email.insert(
-                        columns, query,
-                        returning=[ir_email.id, ir_email.message_id]))
-                logged = {m: i for i, m in cursor}
-                cursor.execute(*table.select(
-                        table.message_id, table.address,
-                        where=reduce_ids(table.id, sub)))
-                addresses = [
-                    [transaction.user, now, logged[message_id], address_]
-                    for message_id, address_ in cursor.fetchall()
-                    if message_id in logged]
-                if addresses:
-                    cursor.execute(*address.insert(
-                            address_columns, addresses))
-            else:
-                cursor.execute(*ir_email.insert(columns, query))
-                # SQLite finds the new rows through the index of their record
-                cursor.execute(*address.insert(
-                        address_columns,
-                        table.join(record_activity,
-                            condition=(
-                                table.record_activity == record_activity.id)
-                            ).join(ir_email,
-                            condition=(ir_email.marketing_automation_record
-                                == record_activity.record)
-                            & (ir_email.message_id == table.message_id)
-                            ).select(
-                            Literal(transaction.user), Literal(now),
-                            ir_email.id, table.address,
-                            where=reduce_ids(table.id, sub))))
-
-    @classmethod
     def purge(cls):
         """Forget the messages and the tracked links once they served: the
         figures stay on the record activities"""
+        pool = Pool()
+        ShortenedURL = pool.get('web.shortened_url')
         cls.purge_messages()
-        cls.purge_tracking()
+        ShortenedURL.purge_tracking()
 
     @classmethod
     def purge_messages(cls):
@@ -1279,7 +1169,6 @@ class Email(ModelSQL, ModelView):
         pool = Pool()
         IrEmail = pool.get('ir.email')
         table = cls.__table__()
-        ir_email = IrEmail.__table__()
         cursor = Transaction().connection.cursor()
         days = config.getint('marketing', 'message_retention', default=30)
         until = tools.now() - datetime.timedelta(days=days)
@@ -1290,73 +1179,7 @@ class Email(ModelSQL, ModelView):
                 cursor.execute(*table.update(
                         [table.message], [Null],
                         where=reduce_ids(table.id, sub)))
-        for ids in id_batches(ir_email,
-                (ir_email.marketing_automation_activity != Null)
-                & (ir_email.subject != Null)
-                & (ir_email.create_date < until)):
-            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
-                cursor.execute(*ir_email.update(
-                        [ir_email.subject, ir_email.body], [Null, Null],
-                        where=reduce_ids(ir_email.id, sub)))
-
-    @classmethod
-    def purge_tracking(cls):
-        """Delete the tracked links of the emails, with their visits, made
-        more than [marketing] tracking_retention days ago (400 by default):
-        they lead nowhere after; the requests that the event ledger still
-        keeps (see Event.purge) lose only their link"""
-        pool = Pool()
-        ShortenedURL = pool.get('web.shortened_url')
-        URLAccess = pool.get('web.shortened_url.access')
-        Event = pool.get('marketing.automation.event')
-        url = ShortenedURL.__table__()
-        access = URLAccess.__table__()
-        event = Event.__table__()
-        cursor = Transaction().connection.cursor()
-        days = config.getint('marketing', 'tracking_retention', default=400)
-        until = tools.now() - datetime.timedelta(days=days)
-        # the links of Tryton's own module have no token but these methods
-        tracked = url.method.in_([EMAIL_OPENED, EMAIL_CLICKED, EMAIL_TRAP])
-        for ids in id_batches(url, tracked & (url.create_date < until)):
-            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
-                sub = list(sub)
-                cursor.execute(*event.update(
-                        [event.url], [Null],
-                        where=reduce_ids(event.url, sub)))
-                cursor.execute(*access.delete(
-                        where=reduce_ids(access.url, sub)))
-                cursor.execute(*url.delete(where=reduce_ids(url.id, sub)))
-
-
-class _TransactionalServer:
-    "An SMTP connection that gives each message to send_message_transactional"
-
-    sock = True
-
-    def __init__(self, send, datamanager):
-        self.send = send
-        self.datamanager = datamanager
-
-    def sendmail(self, from_addr, to_addrs, message):
-        self.send(
-            email.message_from_bytes(message, policy=email.policy.default),
-            datamanager=self.datamanager)
-
-    def quit(self):
-        pass
-
-
-def describe_delivery_error(exception):
-    """Why the mail server did not take a message, as the outbox and the
-    test sends show it: the SMTP reply, or the exception"""
-    if isinstance(exception, smtplib.SMTPResponseException):
-        error = exception.smtp_error
-        if isinstance(error, bytes):
-            error = error.decode('utf-8', 'replace')
-        return '%s %s' % (exception.smtp_code, error)
-    if isinstance(exception, socket.timeout):
-        return 'timeout'
-    return '%s: %s' % (type(exception).__name__, exception)
+        IrEmail.purge_marketing_messages(until)
 
 
 class Secret(ModelSQL):

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""See an email before its recipients do, and who a scenario will reach.
+"""See an email before its recipients do.
 
 - ``Trial`` makes the email of an activity for one record through the
   pipeline of the send_email action (``EmailBatch``), as its recipient would
@@ -8,156 +8,54 @@
 - The wizard ``marketing.automation.activity.preview`` (the ``preview``
   button of an activity) shows that email for the record and the language a
   marketer picks, opens its HTML in the browser through the preview route
-  with a short-lived signed token, and sends it as a test email, marked
-  ``[Test]``, to the addresses the marketer types, through the mail server
-  of the real emails; the test emails are logged in ``ir.email`` before
-  they leave, under a lock of the user, and count against the user's
-  limit.
-- ``Scenario.audience_*`` count, in one statement, the records the domain
-  of a scenario selects and, among them, those unsubscribed or blocked,
-  those without an email address and those that will be reached; the
-  ``marketing_audience`` field of the mixin finds each of these lists.
+  with a short-lived signed token (``urls.preview_token``), and sends it as
+  a test email, marked ``[Test]``, to the addresses the marketer types
+  (``mailing.parse_addresses``), through the mail server of the real emails
+  and the transport of the outbox (``smtp.Transport``); the test emails are
+  logged in ``ir.email`` before they leave, under a lock of the user, and
+  count against the user's limit.
+
+Who a scenario will reach is counted in ``audience.py``.
 """
-import base64
-import binascii
 import datetime
 import email
 import email.policy
+import functools
 import html as html_escaping
-import json
-import re
 import secrets
-import smtplib
 from collections import namedtuple
-from email.utils import parseaddr
 from http import HTTPStatus
 
 import lxml.html
-from sql import Cast, Conflict, Literal
-from sql.aggregate import Count, Sum
-from sql.conditionals import Case
-from sql.functions import Substring
-from sql.operators import Like, Or
+from sql import Conflict, Literal
+from sql.aggregate import Count
 
 from trytond.config import config
 from trytond.i18n import gettext
 from trytond.model import ModelSQL, ModelView, Unique, fields
 from trytond.model.exceptions import AccessError
 from trytond.pool import Pool, PoolMeta
-from trytond.pyson import Eval, PYSONEncoder
+from trytond.pyson import Eval
 from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
-from trytond.transaction import Transaction, check_access
+from trytond.transaction import Transaction
 from trytond.wizard import (
     Button, StateAction, StateTransition, StateView, Wizard)
 
-from . import mailing, tools, urls
+from . import mailing, smtp, tools, urls
+from .engine import Entry, marketing_parties
 from .exceptions import ActivityFault, PreviewError
-from .marketing_automation import Entry, marketing_parties
+from .mailing import parse_addresses
 from .marketing_automation_email import (
-    SEND_EMAIL, EmailBatch, Recipient, describe_delivery_error, email_address,
-    party_recipients)
+    SEND_EMAIL, EmailBatch, Recipient, email_address, party_recipients)
 from .mixin import MarketingAutomationMixin
 from .tools import contained
+# the signed tokens, named here too as the preview reads and writes them
+from .urls import PREVIEW_PURPOSE as PREVIEW  # noqa: F401
+from .urls import TEST_UNSUBSCRIBE_PURPOSE as TEST_UNSUBSCRIBE
+from .urls import Ticket, preview_token, read_preview_token, seal, unseal
 
 TEST_MARK = '[Test]'
-# What a token may weigh before it is read: a few ids, a model and a URL
-MAX_TOKEN = 4096
-PREVIEW, TEST_UNSUBSCRIBE = 'preview', 'test-unsubscribe'
-AUDIENCE = ['reachable', 'no_email', 'unsubscribed']
-
-
-# Tokens: signed, and readable without the database but for its secret
-
-def seal(secret, purpose, values):
-    """The URL-safe token of values (a list of JSON values), signed with
-    secret for purpose, so that a token made for one use serves no other"""
-    payload = base64.urlsafe_b64encode(
-        json.dumps(values, separators=(',', ':')).encode('utf-8')
-        ).decode('ascii').rstrip('=')
-    return '%s.%s' % (payload, mailing.sign(secret, purpose, payload))
-
-
-def unseal(secret, purpose, token):
-    "The values of a token of seal, or ValueError unless secret signed it"
-    if not isinstance(token, str) or len(token) > MAX_TOKEN:
-        raise ValueError("not a token")
-    payload, dot, signature = token.partition('.')
-    if not dot or not mailing.verify(secret, signature, purpose, payload):
-        raise ValueError("not signed")
-    try:
-        values = json.loads(base64.urlsafe_b64decode(
-                payload + '=' * (-len(payload) % 4)))
-    except (binascii.Error, ValueError) as exception:
-        raise ValueError("not a token") from exception
-    if not isinstance(values, list):
-        raise ValueError("not a token")
-    return values
-
-
-Ticket = namedtuple(
-    'Ticket', ['user', 'activity', 'record', 'language', 'expires'])
-Ticket.__doc__ = """What a preview token lets see: the email of activity
-for record ('model,id') in language, to user until expires (a POSIX
-time)"""
-_REFERENCE = re.compile(r'[a-z][a-z0-9_.]*,[0-9]{1,18}')
-_LANGUAGE = re.compile(r'[A-Za-z]{2,3}(_[A-Za-z0-9@]{2,10})?')
-
-
-def preview_token(secret, ticket):
-    "The token of the Ticket"
-    return seal(secret, PREVIEW, list(ticket))
-
-
-def read_preview_token(secret, token):
-    "The Ticket of a token of preview_token, or ValueError"
-    values = unseal(secret, PREVIEW, token)
-    if len(values) != len(Ticket._fields):
-        raise ValueError("not a preview token")
-    ticket = Ticket(*values)
-    if not (all(isinstance(getattr(ticket, f), int)
-                and not isinstance(getattr(ticket, f), bool)
-                for f in ['user', 'activity', 'expires'])
-            and isinstance(ticket.record, str)
-            and _REFERENCE.fullmatch(ticket.record)
-            and isinstance(ticket.language, str)
-            and _LANGUAGE.fullmatch(ticket.language)):
-        raise ValueError("not a preview token")
-    return ticket
-
-
-_LABEL = re.compile(r'(?!-)[a-z0-9-]{1,63}(?<!-)')
-
-
-def parse_addresses(text):
-    """The (name, address) pairs of the addresses of text, separated by
-    commas, semicolons or lines; ValueError with the first one that is not
-    a whole email address (a user and a domain with a dot)"""
-    pairs, seen = [], set()
-    for part in re.split(r'[,;\n]', text or ''):
-        part = part.strip()
-        if not part:
-            continue
-        name, address = parseaddr(part)
-        # parseaddr drops what it does not understand: the address must be
-        # the whole part, or all between its angle brackets
-        written = (
-            part[part.rfind('<') + 1:-1]
-            if part.endswith('>') and '<' in part else part)
-        local, at, domain = address.rpartition('@')
-        try:
-            labels = domain.encode('idna').decode('ascii').lower().split('.')
-        except UnicodeError:
-            labels = []
-        if (written.strip() != address or not at
-                or not mailing.DOT_ATOM_LOCAL_PART.fullmatch(local)
-                or len(labels) < 2
-                or not all(_LABEL.fullmatch(label) for label in labels)):
-            raise ValueError(part)
-        if address.lower() not in seen:
-            seen.add(address.lower())
-            pairs.append((name, address))
-    return pairs
 
 
 # The email of one record, as its recipient would get it
@@ -629,7 +527,7 @@ class ActivityPreview(Wizard):
                 Secret.get(), TEST_UNSUBSCRIBE, token)
         except ValueError:
             raise PreviewRefused(HTTPStatus.NOT_FOUND)
-        if not isinstance(language, str) or not _LANGUAGE.fullmatch(
+        if not isinstance(language, str) or not urls.LANGUAGE_CODE.fullmatch(
                 language):
             raise PreviewRefused(HTTPStatus.NOT_FOUND)
         if not (isinstance(next_, str) and mailing.is_web_url(next_)):
@@ -746,37 +644,22 @@ def deliver_tests(composed):
     message on its way when the connection is lost may have, and is
     counted.  The messages after it are not tried."""
     sent, errors, unsure = [], {}, []
-    try:
-        server = get_smtp_server(strict=True)
-    except (OSError, smtplib.SMTPException) as exception:
-        error = describe_delivery_error(exception)
-        return [], {c.to: error for c in composed}, []
-    try:
+    # the mail server itself, even under the tests of Tryton's own module
+    connect = functools.partial(get_smtp_server, strict=True)
+    with smtp.Transport(connect) as transport:
         for index, email_ in enumerate(composed):
-            connected = server.sock is not None
-            try:
-                server.sendmail(
-                    email_address(email_.sender), [email_address(email_.to)],
-                    email_.message)
-            except smtplib.SMTPRecipientsRefused as exception:
-                code, text = next(iter(exception.recipients.values()))
-                errors[email_.to] = describe_delivery_error(
-                    smtplib.SMTPResponseException(code, text))
-            except smtplib.SMTPResponseException as exception:
-                errors[email_.to] = describe_delivery_error(exception)
-            except (OSError, smtplib.SMTPException) as exception:
-                if connected:
+            reply = transport.send(
+                email_address(email_.sender), email_address(email_.to),
+                email_.message)
+            if reply.outcome == smtp.ACCEPTED:
+                sent.append(email_)
+            elif reply.outcome in {smtp.UNREACHABLE, smtp.LOGIN_REFUSED}:
+                if reply.unsure:
                     unsure.append(email_)
-                error = describe_delivery_error(exception)
-                errors.update({c.to: error for c in composed[index:]})
+                errors.update({c.to: reply.error for c in composed[index:]})
                 break
             else:
-                sent.append(email_)
-    finally:
-        try:
-            server.quit()
-        except (OSError, smtplib.SMTPException):
-            pass
+                errors[email_.to] = reply.error
     return sent, errors, unsure
 
 
@@ -829,251 +712,3 @@ class TestSender(ModelSQL):
             ('user_unique', Unique(t, t.user),
                 'marketing_automation.msg_test_sender_unique'),
             ]
-
-
-# Who a scenario will reach
-
-class Scenario(metaclass=PoolMeta):
-    __name__ = 'marketing.automation.scenario'
-
-    audience_selected = fields.Function(
-        fields.Integer(
-            "Selected", help="How many records the domain selects now."),
-        'get_audience')
-    audience_unsubscribed = fields.Function(
-        fields.Integer(
-            "Unsubscribed or Blocked",
-            help="How many of them are blocked in the scenario, or "
-            "unsubscribed from it."),
-        'get_audience')
-    audience_no_email = fields.Function(
-        fields.Integer(
-            "No Email Address",
-            help="How many of the others have no email address."),
-        'get_audience')
-    audience_reachable = fields.Function(
-        fields.Integer(
-            "Reachable",
-            help="How many of them the emails of the scenario will reach."),
-        'get_audience')
-
-    @classmethod
-    def __setup__(cls):
-        super().__setup__()
-        cls._buttons.update({
-                'open_audience_%s' % kind: {
-                    'invisible': Eval('state') == 'stopped',
-                    'depends': ['state'],
-                    }
-                for kind in ['selected'] + AUDIENCE})
-
-    @classmethod
-    def view_attributes(cls):
-        return super().view_attributes() + [
-            ('//page[@id="audience"]', 'states', {
-                    'invisible': Eval('state') == 'stopped',
-                    }),
-            ]
-
-    def audience_conditions(self, table):
-        """The SQL conditions on table, of the scenario's model, that a
-        record is selected by the domain, is out of the scenario
-        (unsubscribed from it or blocked in it) and has an email address
-
-        The records are those that the author of the domain may search."""
-        with self.as_author():
-            return self._audience_conditions(table)
-
-    def _audience_conditions(self, table):
-        pool = Pool()
-        Model = pool.get(self.model)
-        Record = pool.get('marketing.automation.record')
-        Unsubscribed = pool.get(
-            'party.party-unsubscribed-marketing.automation.scenario')
-        ContactMechanism = pool.get('party.contact_mechanism')
-        record = Record.__table__()
-        unsubscribed = Unsubscribed.__table__()
-        mechanism = ContactMechanism.__table__()
-        database = Transaction().database
-
-        selected = Model.search(self.decoded_domain(), order=[], query=True)
-        # as the email finds its address (party_recipients)
-        with_email = Model.search([
-                ('marketing_party', 'in', mechanism.select(
-                        mechanism.party,
-                        where=(mechanism.type == 'email')
-                        & (mechanism.active == Literal(True))
-                        & (mechanism.value != ''))),
-                ], order=[], query=True)
-        prefix = self.model + ','
-        out = [('id', 'in', record.select(
-                    Cast(Substring(record.record, len(prefix) + 1),
-                        database.sql_type('INTEGER').base),
-                    where=(record.scenario == self.id)
-                    & (record.blocked == Literal(True))
-                    & Like(record.record, prefix + '%')))]
-        if self.unsubscribable:
-            out.append(('marketing_party', 'in', unsubscribed.select(
-                        unsubscribed.party,
-                        where=unsubscribed.scenario == self.id)))
-        out = Model.search(['OR', *out], order=[], query=True)
-        return (
-            table.id.in_(selected), table.id.in_(out),
-            table.id.in_(with_email))
-
-    @classmethod
-    def get_audience(cls, scenarios, names):
-        result = {n: {} for n in names}
-        for scenario in scenarios:
-            # nobody is reached from a stopped scenario
-            counts = (
-                scenario.audience_counts() if scenario.state != 'stopped'
-                else None)
-            for name in names:
-                result[name][scenario.id] = (
-                    counts[name[len('audience_'):]] if counts else None)
-        return result
-
-    def audience_counts(self):
-        """The counts of the audience, in one statement: the records the
-        domain selects, and those of them that are unsubscribed (or
-        blocked), without an email address or reachable; None when the
-        domain fails"""
-        Model = Pool().get(self.model)
-        table = Model.__table__()
-        cursor = Transaction().connection.cursor()
-        counts = []
-
-        def count():
-            selected, out, with_email = self.audience_conditions(table)
-            cursor.execute(*table.select(
-                    Count(),
-                    Sum(Case((out, 1), else_=0)),
-                    Sum(Case((~out & ~with_email, 1), else_=0)),
-                    where=selected))
-            counts.extend(cursor.fetchone())
-        # a domain that fails in the database must not break the form
-        if contained(count) is not None:
-            return None
-        selected, out, no_email = [c or 0 for c in counts]
-        return {
-            'selected': selected,
-            'unsubscribed': out,
-            'no_email': no_email,
-            'reachable': selected - out - no_email,
-            }
-
-    @classmethod
-    def _audience_scenario(cls, Model):
-        """The scenario of the context on Model, None if there is none or
-        if the record rules of the user hide it
-
-        The rules are applied even where trytond leaves them out (in the
-        searchers of fields): the scenario of another company must tell
-        nothing."""
-        pool = Pool()
-        Rule = pool.get('ir.rule')
-        scenario_id = Transaction().context.get('marketing_scenario')
-        if isinstance(scenario_id, int) and not isinstance(
-                scenario_id, bool):
-            with check_access():
-                rules = Rule.domain_get(cls.__name__, mode='read')
-            scenarios = cls.search([
-                    ('id', '=', scenario_id),
-                    ('model', '=', Model.__name__),
-                    rules,
-                    ], limit=1)
-            if scenarios:
-                return scenarios[0]
-
-    @classmethod
-    def audience_of(cls, Model, records):
-        """The audience of the scenario of the context to which each record
-        of Model belongs"""
-        result = {r.id: None for r in records}
-        scenario = cls._audience_scenario(Model)
-        if scenario is None:
-            return result
-        table = Model.__table__()
-        cursor = Transaction().connection.cursor()
-        selected, out, with_email = scenario.audience_conditions(table)
-        for sub in grouped_slice(list(result)):
-            cursor.execute(*table.select(
-                    table.id,
-                    Case((out, 'unsubscribed'), (~with_email, 'no_email'),
-                        else_='reachable'),
-                    where=reduce_ids(table.id, list(sub)) & selected))
-            result.update(cursor)
-        return result
-
-    @classmethod
-    def audience_domain(cls, Model, clause):
-        """The domain of the records of Model whose audience in the scenario
-        of the context matches clause"""
-        _, operator, value = clause[:3]
-        kinds = {None, *AUDIENCE}
-        if operator in {'=', '!='}:
-            given = {value}
-        elif operator in {'in', 'not in'}:
-            given = set(value or [])
-        else:
-            raise ValueError(f"Unsupported operator: {operator!r}")
-        wanted = given if operator in {'=', 'in'} else kinds - given
-        scenario = cls._audience_scenario(Model)
-        if scenario is None:
-            # no record is in the audience of no scenario
-            return [] if None in wanted else [('id', '=', None)]
-        table = Model.__table__()
-        selected, out, with_email = scenario.audience_conditions(table)
-        conditions = {
-            None: ~selected,
-            'unsubscribed': selected & out,
-            'no_email': selected & ~out & ~with_email,
-            'reachable': selected & ~out & with_email,
-            }
-        wanted = [conditions[k] for k in conditions if k in wanted]
-        if not wanted:
-            return [('id', '=', None)]
-        return [('id', 'in', table.select(table.id, where=Or(wanted)))]
-
-    @classmethod
-    @ModelView.button_action('marketing_automation.act_audience')
-    def open_audience_selected(cls, scenarios):
-        return cls._audience_action(scenarios, None)
-
-    @classmethod
-    @ModelView.button_action('marketing_automation.act_audience')
-    def open_audience_unsubscribed(cls, scenarios):
-        return cls._audience_action(scenarios, 'unsubscribed')
-
-    @classmethod
-    @ModelView.button_action('marketing_automation.act_audience')
-    def open_audience_no_email(cls, scenarios):
-        return cls._audience_action(scenarios, 'no_email')
-
-    @classmethod
-    @ModelView.button_action('marketing_automation.act_audience')
-    def open_audience_reachable(cls, scenarios):
-        return cls._audience_action(scenarios, 'reachable')
-
-    @classmethod
-    def _audience_action(cls, scenarios, kind):
-        "The action that lists the records of the audience of kind"
-        if not scenarios:
-            return
-        scenario = scenarios[0]
-        name = 'audience_%s' % (kind or 'selected')
-        if kind:
-            domain = [('marketing_audience', '=', kind)]
-        else:
-            domain = [('marketing_audience', '!=', None)]
-        encoder = PYSONEncoder()
-        return {
-            'res_model': scenario.model,
-            # the client adds the name of the scenario
-            'name': cls.fields_get([name])[name]['string'],
-            'pyson_domain': encoder.encode(domain),
-            'pyson_context': encoder.encode({
-                    'marketing_scenario': scenario.id,
-                    }),
-            }

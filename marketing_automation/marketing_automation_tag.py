@@ -17,8 +17,8 @@ from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
 from . import tools
+from .engine import Outcome, marketing_parties
 from .exceptions import ActivityError
-from .marketing_automation import Outcome, marketing_parties
 from .tools import batch_size
 
 TAG_PARTY = 'tag_party'

@@ -15,13 +15,19 @@ and the emails and the tracked links build their URLs with its functions:
 - ``TEST_UNSUBSCRIBE``: the unsubscribe page of a test email, which changes
   nothing.
 
+The tokens of the last two are signed with the secret of the database
+(``seal``, ``unseal``, ``preview_token``, ``read_preview_token``), so that
+they are read without the database but for its secret.
+
 The database name travels in URL-safe base64 without padding, as trytond's
 own routes write it; ``base()`` gives the scheme and host the recipients
 reach, from ``[marketing] automation_base``.
 """
 import base64
 import binascii
+import json
 import re
+from collections import namedtuple
 from urllib.parse import urlencode, urlsplit
 
 from trytond.config import config
@@ -34,7 +40,10 @@ __all__ = [
     'EMPTY_GIF', 'EMPTY_PAGE', 'TRACKED_LINK', 'UNSUBSCRIBE',
     'encode_database', 'decode_database', 'base', 'email_domain', 'database',
     'empty_gif_url', 'empty_page_url', 'tracked_link_url', 'unsubscribe_url',
-    'PREVIEW', 'TEST_UNSUBSCRIBE', 'preview_url', 'test_unsubscribe_url']
+    'PREVIEW', 'TEST_UNSUBSCRIBE', 'preview_url', 'test_unsubscribe_url',
+    'MAX_TOKEN', 'PREVIEW_PURPOSE', 'TEST_UNSUBSCRIBE_PURPOSE', 'seal',
+    'unseal', 'Ticket', 'REFERENCE', 'LANGUAGE_CODE', 'preview_token',
+    'read_preview_token']
 
 EMPTY_GIF = '/m/empty.gif'
 EMPTY_PAGE = '/m/empty.html'
@@ -127,3 +136,69 @@ def test_unsubscribe_url(base, database, token):
     return '%s%s?%s' % (
         base.rstrip('/'), _path(TEST_UNSUBSCRIBE, database_name=database),
         urlencode({'t': token}))
+
+
+# Tokens: signed, and readable without the database but for its secret
+
+# What a token may weigh before it is read: a few ids, a model and a URL
+MAX_TOKEN = 4096
+# the purposes of the tokens, so that a token made for one serves no other
+PREVIEW_PURPOSE = 'preview'
+TEST_UNSUBSCRIBE_PURPOSE = 'test-unsubscribe'
+
+
+def seal(secret, purpose, values):
+    """The URL-safe token of values (a list of JSON values), signed with
+    secret for purpose, so that a token made for one use serves no other"""
+    payload = base64.urlsafe_b64encode(
+        json.dumps(values, separators=(',', ':')).encode('utf-8')
+        ).decode('ascii').rstrip('=')
+    return '%s.%s' % (payload, mailing.sign(secret, purpose, payload))
+
+
+def unseal(secret, purpose, token):
+    "The values of a token of seal, or ValueError unless secret signed it"
+    if not isinstance(token, str) or len(token) > MAX_TOKEN:
+        raise ValueError("not a token")
+    payload, dot, signature = token.partition('.')
+    if not dot or not mailing.verify(secret, signature, purpose, payload):
+        raise ValueError("not signed")
+    try:
+        values = json.loads(base64.urlsafe_b64decode(
+                payload + '=' * (-len(payload) % 4)))
+    except (binascii.Error, ValueError) as exception:
+        raise ValueError("not a token") from exception
+    if not isinstance(values, list):
+        raise ValueError("not a token")
+    return values
+
+
+Ticket = namedtuple(
+    'Ticket', ['user', 'activity', 'record', 'language', 'expires'])
+Ticket.__doc__ = """What a preview token lets see: the email of activity
+for record ('model,id') in language, to user until expires (a POSIX
+time)"""
+REFERENCE = re.compile(r'[a-z][a-z0-9_.]*,[0-9]{1,18}')
+LANGUAGE_CODE = re.compile(r'[A-Za-z]{2,3}(_[A-Za-z0-9@]{2,10})?')
+
+
+def preview_token(secret, ticket):
+    "The token of the Ticket"
+    return seal(secret, PREVIEW_PURPOSE, list(ticket))
+
+
+def read_preview_token(secret, token):
+    "The Ticket of a token of preview_token, or ValueError"
+    values = unseal(secret, PREVIEW_PURPOSE, token)
+    if len(values) != len(Ticket._fields):
+        raise ValueError("not a preview token")
+    ticket = Ticket(*values)
+    if not (all(isinstance(getattr(ticket, f), int)
+                and not isinstance(getattr(ticket, f), bool)
+                for f in ['user', 'activity', 'expires'])
+            and isinstance(ticket.record, str)
+            and REFERENCE.fullmatch(ticket.record)
+            and isinstance(ticket.language, str)
+            and LANGUAGE_CODE.fullmatch(ticket.language)):
+        raise ValueError("not a preview token")
+    return ticket

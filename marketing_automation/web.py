@@ -3,11 +3,15 @@ import datetime
 
 from sql import Null
 
+from trytond import backend
+from trytond.config import config
 from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
+from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from . import mailing, urls
+from . import mailing, tools, urls
+from .tools import id_batches
 
 RECORD_ACTIVITY = 'marketing.automation.record.activity'
 EMAIL_OPENED = RECORD_ACTIVITY + '|on_email_opened'
@@ -113,3 +117,30 @@ class ShortenedURL(metaclass=PoolMeta):
                     Model = pool.get(model)
                     getattr(Model, method_name)([Model(int(record_id))])
         return redirect_url, method
+
+    @classmethod
+    def purge_tracking(cls):
+        """Delete the tracked links of the emails, with their visits, made
+        more than [marketing] tracking_retention days ago (400 by default):
+        they lead nowhere after; the requests that the event ledger still
+        keeps (see Event.purge) lose only their link"""
+        pool = Pool()
+        URLAccess = pool.get('web.shortened_url.access')
+        Event = pool.get('marketing.automation.event')
+        url = cls.__table__()
+        access = URLAccess.__table__()
+        event = Event.__table__()
+        cursor = Transaction().connection.cursor()
+        days = config.getint('marketing', 'tracking_retention', default=400)
+        until = tools.now() - datetime.timedelta(days=days)
+        # the links of Tryton's own module have no token but these methods
+        tracked = url.method.in_([EMAIL_OPENED, EMAIL_CLICKED, EMAIL_TRAP])
+        for ids in id_batches(url, tracked & (url.create_date < until)):
+            for sub in grouped_slice(ids, backend.MAX_QUERY_PARAMS):
+                sub = list(sub)
+                cursor.execute(*event.update(
+                        [event.url], [Null],
+                        where=reduce_ids(event.url, sub)))
+                cursor.execute(*access.delete(
+                        where=reduce_ids(access.url, sub)))
+                cursor.execute(*url.delete(where=reduce_ids(url.id, sub)))
