@@ -380,7 +380,7 @@ class Activity(metaclass=PoolMeta):
         ActivityFault stops the activity."""
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
-        run = Run(kwargs=kwargs)
+        run = Run()
         failed = set()
         token = running(run)
         try:

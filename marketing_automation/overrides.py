@@ -47,7 +47,6 @@ class Run:
     the errors that kept their action from being done and those whose
     action finishes later (an email in the outbox), and the work to queue
     once for all of them"""
-    kwargs: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
     later: set = field(default_factory=set)
     queued: dict = field(default_factory=dict)
